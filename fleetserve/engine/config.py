@@ -1,0 +1,45 @@
+"""The engine layer's one configuration."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 1024, "M": 1e6, "MB": 1e6, "MIB": 1024**2,
+          "G": 1e9, "GB": 1e9, "GIB": 1024**3, "T": 1e12, "TB": 1e12, "TIB": 1024**4}
+
+
+def parse_size(value: int | str) -> int:
+    """'512MiB', '2GB', '1.5G' or a byte count -> bytes."""
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value)
+    unit = (match.group(2) or "").upper() if match else None
+    if not match or unit not in _UNITS:
+        raise ValueError(f"cannot read the size {value!r}; write it like 512MiB, 2GiB or 1000000")
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+@dataclass
+class EngineConfig:
+    model: str | None = None
+    cache_dir: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    kv_cache_memory: int | str = "1GiB"
+    block_size: int = 16
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    record_kv_events: bool = False
+    num_threads: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.kv_cache_bytes = parse_size(self.kv_cache_memory)
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dtype not in ("auto", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16"):
+            raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")

@@ -1,0 +1,216 @@
+"""The engine: owns the scheduler, the KV-cache manager and the model runner, and turns each step's
+sampled tokens into streaming outputs. One replica, one device."""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.detokenizer import IncrementalDetokenizer
+from fleetserve.engine.kv_cache import KVCacheManager, KVEvent
+from fleetserve.engine.outputs import RequestMetrics, RequestOutput, TokenLogprob
+from fleetserve.engine.request import Request, RequestStatus
+from fleetserve.engine.runner import ModelRunner
+from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
+from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
+from fleetserve.model.config import ModelConfig
+from fleetserve.model.llama import LlamaModel
+from fleetserve.model.loader import load_tensors, resolve_model
+from fleetserve.model.tokenizer import Tokenizer
+
+_DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
+           "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmuls beat fp32 only with native bf16 instructions (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.dtype]:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    resolved = torch.device(device)
+    if dtype != "auto":
+        return resolved, _DTYPES[dtype]
+    if resolved.type == "cuda" or cpu_has_fast_bf16():
+        return resolved, torch.bfloat16
+    return resolved, torch.float32
+
+
+@dataclass
+class RequestState:
+    request: Request
+    detokenizer: IncrementalDetokenizer
+    metrics: RequestMetrics
+    pending_logprobs: list[TokenLogprob]
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig | None = None, **overrides) -> None:
+        config = config or EngineConfig(**overrides)
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.model_path = resolve_model(config.model, config.cache_dir)
+        self.model_name = config.model or self.model_path.name
+        self.model_config = ModelConfig.from_file(self.model_path / "config.json")
+        self.tokenizer = Tokenizer(self.model_path)
+        self.device, self.dtype = pick_device_and_dtype(config.device, config.dtype)
+        self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
+                                 self.model_config.max_position_embeddings)
+        model = LlamaModel(self.model_config, self.dtype, self.device)
+        model.load_weights(load_tensors(self.model_path))
+        self.model = model
+        bytes_per_block = config.block_size * self.model_config.kv_bytes_per_token(self.dtype.itemsize)
+        num_blocks = config.kv_cache_bytes // bytes_per_block
+        if num_blocks < 2:
+            raise ValueError(f"kv_cache_memory={config.kv_cache_memory!r} holds {num_blocks} blocks of "
+                             f"{bytes_per_block} bytes; give at least {2 * bytes_per_block} bytes")
+        self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching,
+                                       config.record_kv_events)
+        self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
+                                                   self.max_model_len), self.kv_cache)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, config.seed)
+        eos = set(self.model_config.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(self.tokenizer.eos_token_id)
+        self.eos_token_ids = frozenset(eos)
+        self.states: dict[str, RequestState] = {}
+        self._ids = itertools.count()
+        self.num_prompt_tokens_total = 0
+        self.num_generation_tokens_total = 0
+
+    # --- requests -------------------------------------------------------------------------------
+
+    def new_request_id(self) -> str:
+        return f"req-{os.getpid()}-{next(self._ids)}"
+
+    def tokenize_prompt(self, prompt: str | list[int]) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        return list(prompt)
+
+    def validate(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty; send at least one token of text", "prompt")
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequestError(f"prompt token id {bad!r} is outside the vocabulary [0, {vocab})", "prompt")
+        n = len(prompt_token_ids)
+        if n >= self.max_model_len:
+            raise InvalidRequestError(f"the prompt has {n} tokens but the model's context is {self.max_model_len} "
+                                      f"tokens; shorten the prompt", "prompt")
+        if params.max_tokens is not None and n + params.max_tokens > self.max_model_len:
+            raise InvalidRequestError(
+                f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) is {n + params.max_tokens} "
+                f"tokens, beyond the model's context of {self.max_model_len}; lower max_tokens or shorten "
+                f"the prompt", "max_tokens")
+
+    def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
+                    request_id: str | None = None, arrival_time: float | None = None) -> str:
+        params = params or SamplingParams()
+        prompt_token_ids = self.tokenize_prompt(prompt)
+        self.validate(prompt_token_ids, params)
+        request_id = request_id or self.new_request_id()
+        if request_id in self.states:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
+        if params.max_tokens is None:
+            params.max_tokens = self.max_model_len - len(prompt_token_ids)
+        request = Request(request_id, prompt_token_ids, params, self.eos_token_ids,
+                          arrival_time if arrival_time is not None else time.monotonic())
+        try:
+            self.scheduler.add_request(request)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), "prompt") from exc
+        detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
+        self.states[request_id] = RequestState(request, detokenizer, RequestMetrics(request.arrival_time), [])
+        return request_id
+
+    def abort_request(self, request_ids: str | list[str]) -> list[RequestOutput]:
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        ended = self.scheduler.finish_requests(ids, RequestStatus.FINISHED_ABORTED)
+        now = time.monotonic()
+        return [self._finish(self.states[r.request_id], now, []) for r in ended if r.request_id in self.states]
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def take_kv_events(self) -> list[KVEvent]:
+        return self.kv_cache.take_events()
+
+    # --- stepping --------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            return []
+        now = time.monotonic()
+        for item in out.scheduled:
+            metrics = self.states[item.request.request_id].metrics
+            if metrics.first_scheduled_time is None:
+                metrics.first_scheduled_time = now
+        results = self.runner.execute(out, self.kv_cache)
+        sampled = {rid: r.token_id for rid, r in results.items()}
+        finished = {r.request_id for r in self.scheduler.update_from_output(out, sampled)}
+        now = time.monotonic()
+        outputs: list[RequestOutput] = []
+        for item in out.scheduled:
+            request = item.request
+            result = results.get(request.request_id)
+            if result is None:
+                continue
+            state = self.states[request.request_id]
+            self.num_generation_tokens_total += 1
+            if request.num_output_tokens == 1:
+                self.num_prompt_tokens_total += request.num_prompt_tokens
+            metrics = state.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+            state.detokenizer.add_token(result.token_id)
+            if result.logprob is not None:
+                state.pending_logprobs.append(TokenLogprob(result.token_id, result.logprob, result.top_logprobs))
+            if state.detokenizer.stopped_on is not None and request.request_id not in finished:
+                self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+                request.stop_reason = state.detokenizer.stopped_on
+            if request.is_finished:
+                outputs.append(self._finish(state, now, [result.token_id]))
+            else:
+                outputs.append(self._delta(state, [result.token_id]))
+        return outputs
+
+    def _delta(self, state: RequestState, new_ids: list[int], finished: bool = False) -> RequestOutput:
+        request = state.request
+        logprobs, state.pending_logprobs = state.pending_logprobs, []
+        return RequestOutput(
+            request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
+            new_token_ids=new_ids, new_text=state.detokenizer.take_delta(finished), new_logprobs=logprobs,
+            token_ids=request.output_token_ids, text=state.detokenizer.text, finished=finished,
+            finish_reason=request.finish_reason if finished else None,
+            num_cached_tokens=request.num_cached_prompt_tokens, metrics=state.metrics,
+            stop_reason=request.stop_reason)
+
+    def _finish(self, state: RequestState, now: float, new_ids: list[int]) -> RequestOutput:
+        state.metrics.finished_time = now
+        self.states.pop(state.request.request_id, None)
+        self.runner.sampler.release(state.request.request_id)
+        return self._delta(state, new_ids, finished=True)

@@ -1,0 +1,211 @@
+"""Paged KV-cache bookkeeping: a pool of fixed-size blocks, per-request block tables and a prefix cache.
+
+Plain Python with no torch and no clock, so the live engine and the simulator drive the same class.
+Block hashes are chained: blake2b-64 over the parent block's hash (8 bytes little-endian, 0 for the first
+block) followed by the block's token ids (4 bytes little-endian each). The router computes the same
+hashes from the prompt tokens, so it can tell which replica holds which prefix.
+"""
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from fleetserve.engine.request import Request
+
+BlockHash = int
+
+
+def hash_block_tokens(parent: BlockHash | None, token_ids: Sequence[int]) -> BlockHash:
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update((parent or 0).to_bytes(8, "little"))
+    digest.update(array("I", token_ids).tobytes())
+    return int.from_bytes(digest.digest(), "little")
+
+
+def chain_block_hashes(token_ids: Sequence[int], block_size: int,
+                       parent: BlockHash | None = None) -> list[BlockHash]:
+    hashes: list[BlockHash] = []
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        parent = hash_block_tokens(parent, token_ids[start:start + block_size])
+        hashes.append(parent)
+    return hashes
+
+
+@dataclass
+class KVBlock:
+    block_id: int
+    ref_count: int = 0
+    block_hash: BlockHash | None = None
+
+
+@dataclass
+class KVEvent:
+    """One change to the set of cached blocks, as published on the replica's KV-event feed."""
+    kind: str  # "stored" | "removed" | "cleared"
+    block_hashes: list[BlockHash] = field(default_factory=list)
+    parent_hash: BlockHash | None = None
+    token_count: int = 0
+
+    def to_dict(self) -> dict:
+        return {"type": self.kind, "block_hashes": [f"{h:016x}" for h in self.block_hashes],
+                "parent_hash": None if self.parent_hash is None else f"{self.parent_hash:016x}",
+                "token_count": self.token_count}
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True,
+                 record_events: bool = False) -> None:
+        if num_blocks < 1:
+            raise ValueError(f"the KV cache needs at least one block, got num_blocks={num_blocks}")
+        if block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {block_size}")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.record_events = record_events
+        self.blocks = [KVBlock(i) for i in range(num_blocks)]
+        # Free blocks in eviction order: least recently used first; cached ones keep their hash until reused.
+        self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
+        self.cached: dict[BlockHash, KVBlock] = {}
+        self.tables: dict[str, list[KVBlock]] = {}
+        self.num_cached_blocks: dict[str, int] = {}
+        self.prefix_cache_queries = 0
+        self.prefix_cache_hits = 0
+        self.events: list[KVEvent] = []
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_queue)
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - len(self.free_queue) / self.num_blocks
+
+    def block_table(self, request_id: str) -> list[int]:
+        return [b.block_id for b in self.tables.get(request_id, ())]
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def request_block_hashes(self, request: Request) -> list[BlockHash]:
+        """Extend the request's chained hashes to cover all its full blocks."""
+        hashes = request.block_hashes
+        bs = self.block_size
+        num_full = request.num_tokens // bs
+        while len(hashes) < num_full:
+            i = len(hashes)
+            parent = hashes[-1] if hashes else None
+            hashes.append(hash_block_tokens(parent, request.token_ids_slice(i * bs, (i + 1) * bs)))
+        return hashes
+
+    def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
+        """Longest cached prefix of the request; the last token is always left to compute for its logits."""
+        if not self.enable_prefix_caching or request.request_id in self.tables:
+            return [], 0
+        hashes = self.request_block_hashes(request)
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hit: list[KVBlock] = []
+        for block_hash in hashes[:max_blocks]:
+            block = self.cached.get(block_hash)
+            if block is None:
+                break
+            hit.append(block)
+        self.prefix_cache_queries += request.num_tokens
+        self.prefix_cache_hits += len(hit) * self.block_size
+        return hit, len(hit) * self.block_size
+
+    def can_allocate(self, request: Request, num_new_tokens: int,
+                     computed_blocks: Sequence[KVBlock] = ()) -> bool:
+        return self._num_new_blocks(request, num_new_tokens, computed_blocks) <= self._allocatable(computed_blocks)
+
+    def _num_new_blocks(self, request: Request, num_new_tokens: int, computed_blocks: Sequence[KVBlock]) -> int:
+        have = len(self.tables.get(request.request_id, ())) + len(computed_blocks)
+        total = request.num_computed_tokens + len(computed_blocks) * self.block_size + num_new_tokens
+        return max(0, self.blocks_needed(total) - have)
+
+    def _allocatable(self, computed_blocks: Sequence[KVBlock]) -> int:
+        reclaimed = sum(1 for b in computed_blocks if b.ref_count == 0)
+        return len(self.free_queue) - reclaimed
+
+    def allocate_slots(self, request: Request, num_new_tokens: int,
+                       computed_blocks: Sequence[KVBlock] = ()) -> bool:
+        """Reserve blocks for num_new_tokens more tokens; False (and nothing changed) if they do not fit."""
+        num_new = self._num_new_blocks(request, num_new_tokens, computed_blocks)
+        if num_new > self._allocatable(computed_blocks):
+            return False
+        table = self.tables.setdefault(request.request_id, [])
+        for block in computed_blocks:
+            if block.ref_count == 0:
+                del self.free_queue[block.block_id]
+            block.ref_count += 1
+            table.append(block)
+        if computed_blocks:
+            self.num_cached_blocks[request.request_id] = len(table)
+        for _ in range(num_new):
+            table.append(self._pop_free_block())
+        return True
+
+    def _pop_free_block(self) -> KVBlock:
+        _, block = self.free_queue.popitem(last=False)
+        if block.block_hash is not None:
+            if self.cached.get(block.block_hash) is block:
+                del self.cached[block.block_hash]
+                if self.record_events:
+                    self.events.append(KVEvent("removed", [block.block_hash]))
+            block.block_hash = None
+        block.ref_count = 1
+        return block
+
+    def cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
+        """Publish the request's blocks that are full and computed, so later requests can reuse them."""
+        if not self.enable_prefix_caching:
+            return
+        table = self.tables.get(request.request_id)
+        if not table:
+            return
+        start = self.num_cached_blocks.get(request.request_id, 0)
+        end = min(num_computed_tokens // self.block_size, len(table))
+        if end <= start:
+            return
+        hashes = self.request_block_hashes(request)
+        stored: list[BlockHash] = []
+        for i in range(start, end):
+            block, block_hash = table[i], hashes[i]
+            if block.block_hash is None and block_hash not in self.cached:
+                block.block_hash = block_hash
+                self.cached[block_hash] = block
+                stored.append(block_hash)
+        self.num_cached_blocks[request.request_id] = end
+        if stored and self.record_events:
+            parent = hashes[start - 1] if start > 0 else None
+            self.events.append(KVEvent("stored", stored, parent, len(stored) * self.block_size))
+
+    def free(self, request: Request) -> None:
+        """Release the request's blocks; tail blocks go to the eviction end first so prefixes live longest."""
+        table = self.tables.pop(request.request_id, None)
+        self.num_cached_blocks.pop(request.request_id, None)
+        if not table:
+            return
+        for block in reversed(table):
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                if block.block_hash is None:
+                    self.free_queue[block.block_id] = block
+                    self.free_queue.move_to_end(block.block_id, last=False)
+                else:
+                    self.free_queue[block.block_id] = block
+
+    def reset_prefix_cache(self) -> None:
+        for block in self.blocks:
+            if block.ref_count == 0:
+                block.block_hash = None
+        self.cached = {h: b for h, b in self.cached.items() if b.ref_count > 0}
+        if self.record_events:
+            self.events.append(KVEvent("cleared"))
+
+    def take_events(self) -> list[KVEvent]:
+        events, self.events = self.events, []
+        return events

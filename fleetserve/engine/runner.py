@@ -1,0 +1,68 @@
+"""Runs one scheduled step on the model: builds the flat token batch, the slot mapping and block tables,
+runs the forward pass, and samples a token for every request that reached the end of its known tokens."""
+from __future__ import annotations
+
+import torch
+
+from fleetserve.engine.kv_cache import KVCacheManager
+from fleetserve.engine.sampler import SampleResult, Sampler
+from fleetserve.engine.scheduler import ScheduledRequest, SchedulerOutput
+from fleetserve.model.attention import AttentionMetadata, PrefillChunk
+from fleetserve.model.llama import LlamaModel
+
+
+class ModelRunner:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, seed: int = 0) -> None:
+        self.model = model
+        self.device = model.device
+        self.block_size = block_size
+        c = model.config
+        shape = (2, c.num_key_value_heads, num_blocks, block_size, c.head_dim)
+        self.kv_caches = [torch.zeros(shape, dtype=model.dtype, device=self.device)
+                          for _ in range(c.num_hidden_layers)]
+        self.sampler = Sampler(seed)
+
+    def _tensor(self, values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long, device=self.device)
+
+    def execute(self, out: SchedulerOutput, kv_cache: KVCacheManager) -> dict[str, SampleResult]:
+        bs = self.block_size
+        decodes = [s for s in out.scheduled if s.num_tokens == 1]
+        prefills = [s for s in out.scheduled if s.num_tokens > 1]
+        ordered: list[ScheduledRequest] = decodes + prefills
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        sample_rows: list[int] = []
+        sample_items: list[ScheduledRequest] = []
+        tables = {s.request.request_id: kv_cache.block_table(s.request.request_id) for s in ordered}
+        meta = AttentionMetadata(slot_mapping=None, num_decodes=len(decodes))  # type: ignore[arg-type]
+        for item in ordered:
+            request, start, n = item.request, item.start, item.num_tokens
+            table = tables[request.request_id]
+            token_start = len(input_ids)
+            input_ids.extend(request.token_ids_slice(start, start + n))
+            positions.extend(range(start, start + n))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            if n > 1:
+                used = -(-(start + n) // bs)
+                meta.prefills.append(PrefillChunk(token_start, token_start + n, start, self._tensor(table[:used])))
+            if item.samples:
+                sample_rows.append(len(input_ids) - 1)
+                sample_items.append(item)
+        if decodes:
+            max_blocks = max(-(-(s.start + 1) // bs) for s in decodes)
+            padded = [tables[s.request.request_id][:max_blocks] for s in decodes]
+            padded = [t + [0] * (max_blocks - len(t)) for t in padded]
+            meta.decode_block_tables = self._tensor(padded)
+            seq_lens = self._tensor([s.start + 1 for s in decodes])
+            key_positions = torch.arange(max_blocks * bs, device=self.device)
+            meta.decode_mask = (key_positions.unsqueeze(0) < seq_lens.unsqueeze(1)).unsqueeze(1)
+        meta.slot_mapping = self._tensor(slots)
+        hidden = self.model(self._tensor(input_ids), self._tensor(positions), self.kv_caches, meta)
+        if not sample_items:
+            return {}
+        logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
+        ids = [s.request.request_id for s in sample_items]
+        results = self.sampler.sample(logits, ids, [s.request.sampling_params for s in sample_items])
+        return dict(zip(ids, results))

@@ -1,0 +1,67 @@
+"""Per-request sampling settings, validated on construction so bad input never reaches the engine loop."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class InvalidRequestError(ValueError):
+    """A request that the engine refuses; the message names the offending field and value."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass
+class SamplingParams:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    seed: int | None = None
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [s for s in (self.stop or []) if s]
+        self.stop_token_ids = list(self.stop_token_ids or [])
+        self.validate()
+
+    def validate(self) -> None:
+        if not isinstance(self.temperature, (int, float)) or self.temperature < 0:
+            raise InvalidRequestError(
+                f"temperature must be >= 0 (0 means greedy), got {self.temperature!r}", "temperature")
+        if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise InvalidRequestError(f"top_p must be in (0, 1], got {self.top_p!r}", "top_p")
+        if not isinstance(self.top_k, int) or (self.top_k < 1 and self.top_k not in (-1, 0)):
+            raise InvalidRequestError(f"top_k must be -1 or 0 (disabled) or >= 1, got {self.top_k!r}", "top_k")
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int) or self.max_tokens <= 0):
+            raise InvalidRequestError(f"max_tokens must be a positive integer, got {self.max_tokens!r}",
+                                      "max_tokens")
+        if self.min_tokens < 0:
+            raise InvalidRequestError(f"min_tokens must be >= 0, got {self.min_tokens!r}", "min_tokens")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise InvalidRequestError(f"logprobs must be between 0 and 20, got {self.logprobs!r}", "logprobs")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise InvalidRequestError(f"n must be an integer >= 1, got {self.n!r}", "n")
+        if self.seed is not None and not isinstance(self.seed, int):
+            raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}", "seed")
+        for token_id in self.stop_token_ids:
+            if not isinstance(token_id, int) or token_id < 0:
+                raise InvalidRequestError(f"stop_token_ids must be non-negative integers, got {token_id!r}",
+                                          "stop_token_ids")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def stop_holdback(self) -> int:
+        """Characters a stream must hold back because they may still become the start of a stop string."""
+        return max((len(s) for s in self.stop), default=1) - 1

@@ -1,0 +1,180 @@
+"""One token budget per step, shared by decodes and chunked prefills, in the manner of vLLM V1.
+
+Each request has a count of computed tokens that catches up with its token count; there are no separate
+prefill and decode phases. Running requests are served first, oldest first; when blocks run out the
+newest running request is preempted (its blocks freed, to be recomputed later) and goes back to the front
+of the queue, so the oldest requests always progress and none starves. Plain Python, no torch, no clock.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from fleetserve.engine.kv_cache import KVCacheManager
+from fleetserve.engine.request import Request, RequestStatus
+
+
+@dataclass
+class SchedulerConfig:
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 512
+    max_model_len: int = 2048
+    long_prefill_token_threshold: int = 0
+
+
+@dataclass
+class ScheduledRequest:
+    request: Request
+    num_tokens: int
+    start: int  # index of the first token scheduled (== num_computed_tokens when scheduled)
+
+    @property
+    def samples(self) -> bool:
+        """Whether this step reaches the end of the request's known tokens, so a new token is sampled."""
+        return self.start + self.num_tokens >= self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
+    num_batched_tokens: int = 0
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+        self.config = config
+        self.kv_cache = kv_cache
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.requests: dict[str, Request] = {}
+        self.num_preemptions = 0
+
+    @property
+    def num_unfinished(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def add_request(self, request: Request) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        # The last sampled token is never fed back, so it needs no KV slot.
+        tokens = min(request.num_prompt_tokens + request.max_tokens - 1, self.config.max_model_len)
+        needed = self.kv_cache.blocks_needed(tokens)
+        if needed > self.kv_cache.num_blocks:
+            raise ValueError(
+                f"the prompt ({request.num_prompt_tokens} tokens) plus max_tokens ({request.max_tokens}) needs "
+                f"{needed} KV blocks but the whole cache has {self.kv_cache.num_blocks}; lower max_tokens, "
+                f"shorten the prompt or give the KV cache more memory")
+        request.status = RequestStatus.WAITING
+        self.waiting.append(request)
+        self.requests[request.request_id] = request
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        scheduled_ids: set[str] = set()
+
+        i = 0
+        while i < len(self.running) and budget > 0:
+            request = self.running[i]
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = self._cap_prefill(num_new)
+            if num_new <= 0:
+                i += 1
+                continue
+            while not self.kv_cache.allocate_slots(request, num_new):
+                victim = self.running.pop()
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is request:
+                    break
+            else:
+                out.scheduled.append(ScheduledRequest(request, num_new, request.num_computed_tokens))
+                scheduled_ids.add(request.request_id)
+                budget -= num_new
+                i += 1
+                continue
+            break
+
+        if not out.preempted:
+            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+                request = self.waiting[0]
+                computed_blocks, num_cached = self.kv_cache.get_computed_blocks(request)
+                num_new = min(request.num_tokens - num_cached, budget)
+                num_new = self._cap_prefill(num_new)
+                if not self.kv_cache.allocate_slots(request, num_new, computed_blocks):
+                    break
+                self.waiting.popleft()
+                request.num_computed_tokens = num_cached
+                if request.num_output_tokens == 0:
+                    request.num_cached_prompt_tokens = num_cached
+                request.status = RequestStatus.RUNNING
+                self.running.append(request)
+                out.scheduled.append(ScheduledRequest(request, num_new, num_cached))
+                budget -= num_new
+
+        out.num_batched_tokens = self.config.max_num_batched_tokens - budget
+        return out
+
+    def _cap_prefill(self, num_new: int) -> int:
+        threshold = self.config.long_prefill_token_threshold
+        return min(num_new, threshold) if threshold > 0 else num_new
+
+    def _preempt(self, request: Request) -> None:
+        self.kv_cache.free(request)
+        request.status = RequestStatus.PREEMPTED
+        request.num_computed_tokens = 0
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Advance computed-token counts, append sampled tokens, and finish requests; returns the finished."""
+        finished: list[Request] = []
+        for item in out.scheduled:
+            request = item.request
+            if request.is_finished or request.status == RequestStatus.PREEMPTED:
+                continue
+            request.num_computed_tokens = item.start + item.num_tokens
+            self.kv_cache.cache_blocks(request, request.num_computed_tokens)
+            token = sampled.get(request.request_id)
+            if token is None or not item.samples:
+                continue
+            request.output_token_ids.append(token)
+            if request.check_stop_after_token() or request.num_tokens >= self.config.max_model_len:
+                if not request.is_finished:
+                    request.status = RequestStatus.FINISHED_LENGTH
+                self._remove(request)
+                finished.append(request)
+        return finished
+
+    def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> list[Request]:
+        """End requests from outside the step (abort, or a stop string found by the detokenizer)."""
+        ended: list[Request] = []
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None or request.is_finished:
+                continue
+            request.status = status
+            self._remove(request)
+            ended.append(request)
+        return ended
+
+    def _remove(self, request: Request) -> None:
+        if request in self.running:
+            self.running.remove(request)
+        else:
+            try:
+                self.waiting.remove(request)
+            except ValueError:
+                pass
+        self.kv_cache.free(request)
+        self.requests.pop(request.request_id, None)
