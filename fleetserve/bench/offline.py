@@ -59,6 +59,7 @@ def run_hf(model_path: Path, dtype, workload: list[OfflineRequest], batch_size: 
     from transformers import AutoModelForCausalLM
     model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype).eval()
     pad = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
+    model.generation_config.eos_token_id = None  # ignore_eos, as in our run
     start = time.perf_counter()
     produced = 0
     for i in range(0, len(workload), batch_size):
@@ -68,8 +69,8 @@ def run_hf(model_path: Path, dtype, workload: list[OfflineRequest], batch_size: 
         mask = torch.tensor([[0] * (width - len(r.prompt_token_ids)) + [1] * len(r.prompt_token_ids) for r in batch])
         new = max(r.output_len for r in batch)
         with torch.inference_mode():
-            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
-                           do_sample=False, pad_token_id=pad)
+            model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, do_sample=False,
+                           pad_token_id=pad)
         # A padded batch runs to its longest request; only the tokens each request asked for count.
         produced += sum(r.output_len for r in batch)
     return summarize(workload, time.perf_counter() - start, produced)

@@ -26,6 +26,7 @@ class EngineConfig:
     cache_dir: str | None = None
     device: str = "auto"
     dtype: str = "auto"
+    kv_cache_dtype: str = "auto"
     kv_cache_memory: int | str = "1GiB"
     block_size: int = 16
     max_num_seqs: int = 64
@@ -41,5 +42,7 @@ class EngineConfig:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kv_cache_dtype not in ("auto", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16"):
+            raise ValueError(f"kv_cache_dtype must be auto, bfloat16, float16 or float32, got {self.kv_cache_dtype!r}")
         if self.dtype not in ("auto", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16"):
             raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")

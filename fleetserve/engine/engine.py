@@ -20,7 +20,7 @@ from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParam
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
 from fleetserve.model.config import ModelConfig
 from fleetserve.model.llama import LlamaModel
-from fleetserve.model.loader import load_tensors, resolve_model
+from fleetserve.model.loader import cache_root, load_tensors, resolve_model
 from fleetserve.model.tokenizer import Tokenizer
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
@@ -71,7 +71,8 @@ class LLMEngine:
         model = LlamaModel(self.model_config, self.dtype, self.device)
         model.load_weights(load_tensors(self.model_path))
         self.model = model
-        bytes_per_block = config.block_size * self.model_config.kv_bytes_per_token(self.dtype.itemsize)
+        self.kv_cache_dtype = _DTYPES[config.kv_cache_dtype] if config.kv_cache_dtype != "auto" else self.dtype
+        bytes_per_block = config.block_size * self.model_config.kv_bytes_per_token(self.kv_cache_dtype.itemsize)
         num_blocks = config.kv_cache_bytes // bytes_per_block
         if num_blocks < 2:
             raise ValueError(f"kv_cache_memory={config.kv_cache_memory!r} holds {num_blocks} blocks of "
@@ -80,7 +81,8 @@ class LLMEngine:
                                        config.record_kv_events)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    self.max_model_len), self.kv_cache)
-        self.runner = ModelRunner(model, num_blocks, config.block_size, config.seed)
+        self.runner = ModelRunner(model, num_blocks, config.block_size, config.seed, self.kv_cache_dtype,
+                                  cache_root(config.cache_dir))
         eos = set(self.model_config.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos.add(self.tokenizer.eos_token_id)
@@ -132,7 +134,7 @@ class LLMEngine:
         try:
             self.scheduler.add_request(request)
         except ValueError as exc:
-            raise InvalidRequestError(str(exc), "prompt") from exc
+            raise InvalidRequestError(str(exc), "max_tokens") from exc
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
         self.states[request_id] = RequestState(request, detokenizer, RequestMetrics(request.arrival_time), [])
         return request_id

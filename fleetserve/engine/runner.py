@@ -2,25 +2,32 @@
 runs the forward pass, and samples a token for every request that reached the end of its known tokens."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.sampler import SampleResult, Sampler
 from fleetserve.engine.scheduler import ScheduledRequest, SchedulerOutput
+from fleetserve.kernels import cpu as cpu_kernels
 from fleetserve.model.attention import AttentionMetadata, PrefillChunk
 from fleetserve.model.llama import LlamaModel
 
 
 class ModelRunner:
-    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, seed: int = 0) -> None:
+    def __init__(self, model: LlamaModel, num_blocks: int, block_size: int, seed: int = 0,
+                 kv_cache_dtype: torch.dtype | None = None, kernel_cache_dir: Path | None = None) -> None:
         self.model = model
         self.device = model.device
         self.block_size = block_size
         c = model.config
         shape = (2, c.num_key_value_heads, num_blocks, block_size, c.head_dim)
-        self.kv_caches = [torch.zeros(shape, dtype=model.dtype, device=self.device)
+        self.kv_caches = [torch.zeros(shape, dtype=kv_cache_dtype or model.dtype, device=self.device)
                           for _ in range(c.num_hidden_layers)]
         self.sampler = Sampler(seed)
+        self.decode_kernel = None
+        if self.device.type == "cpu" and model.dtype == torch.float32 and kernel_cache_dir is not None:
+            self.decode_kernel = cpu_kernels.load(kernel_cache_dir)
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
@@ -56,8 +63,11 @@ class ModelRunner:
             padded = [t + [0] * (max_blocks - len(t)) for t in padded]
             meta.decode_block_tables = self._tensor(padded)
             seq_lens = self._tensor([s.start + 1 for s in decodes])
-            key_positions = torch.arange(max_blocks * bs, device=self.device)
-            meta.decode_mask = (key_positions.unsqueeze(0) < seq_lens.unsqueeze(1)).unsqueeze(1)
+            meta.decode_seq_lens = seq_lens
+            meta.decode_kernel = self.decode_kernel
+            if self.decode_kernel is None:
+                key_positions = torch.arange(max_blocks * bs, device=self.device)
+                meta.decode_mask = (key_positions.unsqueeze(0) < seq_lens.unsqueeze(1)).unsqueeze(1)
         meta.slot_mapping = self._tensor(slots)
         hidden = self.model(self._tensor(input_ids), self._tensor(positions), self.kv_caches, meta)
         if not sample_items:

@@ -7,9 +7,12 @@ want. Decodes (one query token each) run as one batch; prefill chunks run one se
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from fleetserve.kernels import cpu as cpu_kernels
 
 
 @dataclass
@@ -26,14 +29,16 @@ class AttentionMetadata:
     num_decodes: int = 0
     decode_block_tables: torch.Tensor | None = None  # [num_decodes, max_blocks]
     decode_mask: torch.Tensor | None = None  # [num_decodes, 1, max_blocks * block_size], True = attend
+    decode_seq_lens: torch.Tensor | None = None
+    decode_kernel: Any = None  # the compiled CPU kernel library, when available
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Store this step's keys and values ([tokens, kv_heads, head_dim]) at their slots."""
     flat = kv_cache.view(2, kv_cache.shape[1], -1, kv_cache.shape[-1])
-    flat[0].index_copy_(1, slot_mapping, k.transpose(0, 1))
-    flat[1].index_copy_(1, slot_mapping, v.transpose(0, 1))
+    flat[0].index_copy_(1, slot_mapping, k.transpose(0, 1).to(kv_cache.dtype))
+    flat[1].index_copy_(1, slot_mapping, v.transpose(0, 1).to(kv_cache.dtype))
 
 
 def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
@@ -43,10 +48,13 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)
     nd = meta.num_decodes
-    if nd:
+    if nd and meta.decode_kernel is not None and q.dtype == torch.float32:
+        out[:nd] = cpu_kernels.paged_decode_attention(meta.decode_kernel, q[:nd].contiguous(), kv_cache,
+                                                      meta.decode_block_tables, meta.decode_seq_lens, scale)
+    elif nd:
         tables = meta.decode_block_tables
         gathered = kv_cache.index_select(2, tables.reshape(-1))
-        gathered = gathered.view(2, num_kv_heads, nd, -1, head_dim)
+        gathered = gathered.view(2, num_kv_heads, nd, -1, head_dim).to(q.dtype)
         # The query heads of one group act as query rows over the same keys: no causal mask is needed.
         qd = q[:nd].view(nd, num_kv_heads, group, head_dim).transpose(0, 1)
         attn = F.scaled_dot_product_attention(qd, gathered[0], gathered[1], attn_mask=meta.decode_mask, scale=scale)
@@ -54,7 +62,7 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     for chunk in meta.prefills:
         n = chunk.token_end - chunk.token_start
         total = chunk.context_start + n
-        gathered = kv_cache.index_select(2, chunk.block_table).view(2, num_kv_heads, -1, head_dim)
+        gathered = kv_cache.index_select(2, chunk.block_table).view(2, num_kv_heads, -1, head_dim).to(q.dtype)
         k, v = gathered[0, :, :total], gathered[1, :, :total]
         qp = q[chunk.token_start:chunk.token_end].transpose(0, 1)
         if chunk.context_start == 0:

@@ -60,6 +60,10 @@ class LlamaModel(nn.Module):
         """Take Hugging Face-named tensors and keep them fused, in the run dtype, on the device."""
         c = self.config
 
+        def transposed(tensor: torch.Tensor) -> torch.Tensor:
+            # [in, out] storage: x @ w runs measurably faster than F.linear's x @ w.T on MKL for our shapes.
+            return tensor.t().contiguous()
+
         def take(name: str) -> torch.Tensor:
             if name not in tensors:
                 raise KeyError(f"the checkpoint has no tensor {name!r}")
@@ -69,15 +73,15 @@ class LlamaModel(nn.Module):
         w["lm_head"] = w["embed"] if c.tie_word_embeddings or "lm_head.weight" not in tensors else take("lm_head.weight")
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
-            w[p + "qkv"] = torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"])
+            w[p + "qkv"] = transposed(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
             if c.attention_bias:
                 w[p + "qkv_bias"] = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
             if c.qk_norm:
                 w[p + "q_norm"] = take(p + "self_attn.q_norm.weight")
                 w[p + "k_norm"] = take(p + "self_attn.k_norm.weight")
-            w[p + "o"] = take(p + "self_attn.o_proj.weight")
-            w[p + "gate_up"] = torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
-            w[p + "down"] = take(p + "mlp.down_proj.weight")
+            w[p + "o"] = transposed(take(p + "self_attn.o_proj.weight"))
+            w[p + "gate_up"] = transposed(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
+            w[p + "down"] = transposed(take(p + "mlp.down_proj.weight"))
             w[p + "input_norm"] = take(p + "input_layernorm.weight")
             w[p + "post_norm"] = take(p + "post_attention_layernorm.weight")
         self.weights = w
@@ -100,7 +104,8 @@ class LlamaModel(nn.Module):
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
             h = rms_norm(x, w[p + "input_norm"], c.rms_norm_eps)
-            qkv = F.linear(h, w[p + "qkv"], w.get(p + "qkv_bias"))
+            bias = w.get(p + "qkv_bias")
+            qkv = h @ w[p + "qkv"] if bias is None else torch.addmm(bias, h, w[p + "qkv"])
             q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
             q, k, v = q.view(t, nh, hd), k.view(t, nkv, hd), v.view(t, nkv, hd)
             if c.qk_norm:
@@ -109,10 +114,10 @@ class LlamaModel(nn.Module):
             q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
             write_kv(kv_caches[i], k, v, meta.slot_mapping)
             attn = paged_attention(q, kv_caches[i], meta, self.scale)
-            x = x + F.linear(attn.view(t, q_size), w[p + "o"])
+            x = x + attn.view(t, q_size) @ w[p + "o"]
             h = rms_norm(x, w[p + "post_norm"], c.rms_norm_eps)
-            gate, up = F.linear(h, w[p + "gate_up"]).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, w[p + "down"])
+            gate, up = (h @ w[p + "gate_up"]).chunk(2, dim=-1)
+            x = x + (F.silu(gate) * up) @ w[p + "down"]
         return rms_norm(x, w["norm"], c.rms_norm_eps)
 
     @torch.inference_mode()

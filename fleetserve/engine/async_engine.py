@@ -1,0 +1,177 @@
+"""Runs the engine's step loop on a background thread and feeds each request's stream to asyncio.
+
+The HTTP side never blocks the loop: it validates a request in its own thread, then hands it over through
+a queue; outputs come back with call_soon_threadsafe. A consumer that goes away aborts its request.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable
+
+from fleetserve.engine.engine import LLMEngine
+from fleetserve.engine.outputs import RequestOutput
+from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
+
+
+class QueueFullError(RuntimeError):
+    pass
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+@dataclass
+class KVEventLog:
+    """The KV-cache event feed: numbered batches, kept for a while so a slow reader can catch up."""
+    capacity: int = 4096
+    batches: deque = field(default_factory=deque)
+    next_seq: int = 0
+    condition: threading.Condition = field(default_factory=threading.Condition)
+
+    def append(self, events: list[dict]) -> None:
+        with self.condition:
+            self.batches.append({"seq": self.next_seq, "ts": time.time(), "events": events})
+            self.next_seq += 1
+            while len(self.batches) > self.capacity:
+                self.batches.popleft()
+            self.condition.notify_all()
+
+    def since(self, seq: int) -> list[dict]:
+        with self.condition:
+            return [b for b in self.batches if b["seq"] >= seq]
+
+
+@dataclass
+class _Stream:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue
+
+
+class AsyncLLMEngine:
+    def __init__(self, engine: LLMEngine, max_queue: int = 1024,
+                 on_output: Callable[[RequestOutput], None] | None = None) -> None:
+        self.engine = engine
+        self.max_queue = max_queue
+        self.on_output = on_output
+        self.commands: queue.Queue = queue.Queue()
+        self.streams: dict[str, _Stream] = {}
+        self.kv_events = KVEventLog()
+        self.wakeup = threading.Event()
+        self.stopping = False
+        self.accepting = True
+        self.error: BaseException | None = None
+        self.pending = 0
+        self.thread = threading.Thread(target=self._loop, name="fleetserve-engine", daemon=True)
+        self.thread.start()
+
+    # --- the asyncio side ------------------------------------------------------------------------
+
+    @property
+    def num_in_flight(self) -> int:
+        return len(self.streams)
+
+    async def generate(self, prompt: str | list[int], params: SamplingParams,
+                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+        if self.error is not None:
+            raise EngineDeadError(f"the engine loop stopped: {self.error!r}")
+        if not self.accepting:
+            raise QueueFullError("the server is shutting down")
+        prompt_ids = self.engine.tokenize_prompt(prompt)
+        self.engine.validate(prompt_ids, params)
+        if self.engine.num_waiting + self.pending >= self.max_queue:
+            raise QueueFullError(f"{self.engine.num_waiting + self.pending} requests are already waiting "
+                                 f"(--max-queue {self.max_queue})")
+        request_id = request_id or self.engine.new_request_id()
+        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
+        self.streams[request_id] = stream
+        self.pending += 1
+        self.commands.put(("add", request_id, prompt_ids, params, time.monotonic()))
+        self.wakeup.set()
+        finished = False
+        try:
+            while True:
+                item = await stream.queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finished
+                yield item
+                if finished:
+                    return
+        finally:
+            self.streams.pop(request_id, None)
+            if not finished:
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> None:
+        self.commands.put(("abort", request_id))
+        self.wakeup.set()
+
+    async def shutdown(self, timeout_s: float = 10.0) -> None:
+        """Stop accepting, let in-flight requests finish for up to timeout_s, then abort the rest."""
+        self.accepting = False
+        deadline = time.monotonic() + timeout_s
+        while self.streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for request_id in list(self.streams):
+            self.abort(request_id)
+        await asyncio.sleep(0.05)
+        self.stopping = True
+        self.wakeup.set()
+        await asyncio.get_running_loop().run_in_executor(None, self.thread.join, 5.0)
+
+    # --- the engine thread -----------------------------------------------------------------------
+
+    def _deliver(self, request_id: str, item: RequestOutput | BaseException) -> None:
+        stream = self.streams.get(request_id)
+        if stream is not None:
+            stream.loop.call_soon_threadsafe(stream.queue.put_nowait, item)
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            if command[0] == "add":
+                _, request_id, prompt_ids, params, arrival = command
+                self.pending -= 1
+                if request_id not in self.streams:
+                    continue  # the client left before its request reached the engine
+                try:
+                    self.engine.add_request(prompt_ids, params, request_id, arrival)
+                except InvalidRequestError as exc:
+                    self._deliver(request_id, exc)
+            else:
+                for out in self.engine.abort_request(command[1]):
+                    self._emit(out)
+
+    def _emit(self, out: RequestOutput) -> None:
+        if self.on_output is not None:
+            self.on_output(out)
+        self._deliver(out.request_id, out)
+
+    def _loop(self) -> None:
+        try:
+            while not self.stopping:
+                self._drain_commands()
+                if not self.engine.has_unfinished_requests():
+                    self.wakeup.wait(0.5)
+                    self.wakeup.clear()
+                    continue
+                for out in self.engine.step():
+                    self._emit(out)
+                if self.engine.kv_cache.record_events:
+                    events = self.engine.take_kv_events()
+                    if events:
+                        self.kv_events.append([e.to_dict() for e in events])
+        except BaseException as exc:  # the loop must never die silently: fail every open stream
+            self.error = exc
+            for request_id in list(self.streams):
+                self._deliver(request_id, EngineDeadError(f"the engine loop stopped: {exc!r}"))
