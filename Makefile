@@ -6,7 +6,7 @@ TORCH_SPEC := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || e
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install -q --disable-pip-version-check --no-warn-script-location
 
-.PHONY: install serve test test-quick bench clean
+.PHONY: install peers serve test test-quick clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ $(STAMP): $(PY) pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Peers for the comparison benchmarks (llama-cpp-python builds llama.cpp from source: several minutes).
+peers: $(STAMP)
+	$(PIP) "llama-cpp-python[server]==0.3.36"
 
 serve: $(STAMP)
 	$(VENV)/bin/fleetserve serve

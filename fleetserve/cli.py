@@ -24,6 +24,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--kv-cache-memory", default="1GiB", help="KV-cache budget, e.g. 512MiB or 2GiB")
+    parser.add_argument("--kv-cache-dtype", default="auto", help="auto (the model dtype), bfloat16 or float32")
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
@@ -34,7 +35,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_options(args: argparse.Namespace) -> dict:
     return dict(model=args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype,
-                kv_cache_memory=args.kv_cache_memory, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+                kv_cache_memory=args.kv_cache_memory, kv_cache_dtype=args.kv_cache_dtype, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                 enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
 
@@ -80,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (ValueError, FileNotFoundError) as exc:
-        print(f"fleetserve {args.command}: error: {exc}", file=sys.stderr)
+        name = " ".join(filter(None, [args.command, getattr(args, "subcommand", None)]))
+        print(f"fleetserve {name}: error: {exc}", file=sys.stderr)
         return 2
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Registrations land in the importable module, not in __main__, so delegate to it.
+    from fleetserve.cli import main as registered_main
+    sys.exit(registered_main())

@@ -97,7 +97,10 @@ class ServerState:
                         self.options.url)
         except BaseException as exc:  # noqa: BLE001 - reported by /health and by the exit code
             self.load_error = f"{type(exc).__name__}: {exc}"
-            logger.exception("fleetserve: the model failed to load")
+            if isinstance(exc, (ValueError, OSError)):  # bad --model, size or path: the message says it all
+                logger.error("fleetserve: the model failed to load: %s", exc)
+            else:
+                logger.exception("fleetserve: the model failed to load")
         finally:
             if on_done is not None:
                 on_done()

@@ -25,9 +25,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request body accepted (413 beyond), e.g. 4MiB or 1000000")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    from fleetserve.fleet.launcher import add_fleet_arguments
+    add_fleet_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "replicas", 1) > 1:
+        from fleetserve.fleet.launcher import run_fleet
+        return run_fleet(args)
     from fleetserve.api.server import run_server
     from fleetserve.api.state import ServerOptions, ServerState
     from fleetserve.cli import engine_options

@@ -175,3 +175,8 @@ class AsyncLLMEngine:
             self.error = exc
             for request_id in list(self.streams):
                 self._deliver(request_id, EngineDeadError(f"the engine loop stopped: {exc!r}"))
+            return
+        # Stopped on purpose: aborts queued during the last step still reach their streams.
+        self._drain_commands()
+        for request_id in list(self.streams):
+            self._deliver(request_id, EngineDeadError("the engine stopped (server shutting down)"))

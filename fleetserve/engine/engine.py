@@ -47,6 +47,15 @@ def pick_device_and_dtype(device: str, dtype: str) -> tuple[torch.device, torch.
     return resolved, torch.float32
 
 
+def pick_kv_cache_dtype(kv_cache_dtype: str, device: torch.device, dtype: torch.dtype) -> torch.dtype:
+    if kv_cache_dtype != "auto":
+        return _DTYPES[kv_cache_dtype]
+    # On a CPU computing in fp32, bf16 storage halves the cache's memory and the bytes each decode reads.
+    if device.type == "cpu" and dtype == torch.float32:
+        return torch.bfloat16
+    return dtype
+
+
 @dataclass
 class RequestState:
     request: Request
@@ -71,7 +80,7 @@ class LLMEngine:
         model = LlamaModel(self.model_config, self.dtype, self.device)
         model.load_weights(load_tensors(self.model_path))
         self.model = model
-        self.kv_cache_dtype = _DTYPES[config.kv_cache_dtype] if config.kv_cache_dtype != "auto" else self.dtype
+        self.kv_cache_dtype = pick_kv_cache_dtype(config.kv_cache_dtype, self.device, self.dtype)
         bytes_per_block = config.block_size * self.model_config.kv_bytes_per_token(self.kv_cache_dtype.itemsize)
         num_blocks = config.kv_cache_bytes // bytes_per_block
         if num_blocks < 2:
@@ -206,7 +215,7 @@ class LLMEngine:
         return RequestOutput(
             request_id=request.request_id, prompt_token_ids=request.prompt_token_ids,
             new_token_ids=new_ids, new_text=state.detokenizer.take_delta(finished), new_logprobs=logprobs,
-            token_ids=request.output_token_ids, text=state.detokenizer.text, finished=finished,
+            token_ids=list(request.output_token_ids), text=state.detokenizer.text, finished=finished,
             finish_reason=request.finish_reason if finished else None,
             num_cached_tokens=request.num_cached_prompt_tokens, metrics=state.metrics,
             stop_reason=request.stop_reason)

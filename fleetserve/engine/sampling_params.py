@@ -4,6 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+GREEDY_TEMPERATURE = 1e-5
+
+
 class InvalidRequestError(ValueError):
     """A request that the engine refuses; the message names the offending field and value."""
 
@@ -59,7 +62,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        # Below this, logits / temperature overflows float32; the distribution is one-hot anyway.
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def stop_holdback(self) -> int:

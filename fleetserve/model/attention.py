@@ -62,14 +62,16 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     for chunk in meta.prefills:
         n = chunk.token_end - chunk.token_start
         total = chunk.context_start + n
-        gathered = kv_cache.index_select(2, chunk.block_table).view(2, num_kv_heads, -1, head_dim).to(q.dtype)
-        k, v = gathered[0, :, :total], gathered[1, :, :total]
-        qp = q[chunk.token_start:chunk.token_end].transpose(0, 1)
+        gathered = kv_cache.index_select(2, chunk.block_table).view(2, num_kv_heads, -1, head_dim)
+        # 4-D inputs with the kv heads repeated take torch's fused CPU kernel, several times faster here.
+        k = gathered[0, :, :total].to(q.dtype).repeat_interleave(group, 0).unsqueeze(0)
+        v = gathered[1, :, :total].to(q.dtype).repeat_interleave(group, 0).unsqueeze(0)
+        qp = q[chunk.token_start:chunk.token_end].transpose(0, 1).unsqueeze(0)
         if chunk.context_start == 0:
-            attn = F.scaled_dot_product_attention(qp, k, v, is_causal=True, scale=scale, enable_gqa=group > 1)
+            attn = F.scaled_dot_product_attention(qp, k, v, is_causal=True, scale=scale)
         else:
             rows = torch.arange(n, device=q.device).unsqueeze(1) + chunk.context_start
             mask = torch.arange(total, device=q.device).unsqueeze(0) <= rows
-            attn = F.scaled_dot_product_attention(qp, k, v, attn_mask=mask, scale=scale, enable_gqa=group > 1)
-        out[chunk.token_start:chunk.token_end] = attn.transpose(0, 1)
+            attn = F.scaled_dot_product_attention(qp, k, v, attn_mask=mask, scale=scale)
+        out[chunk.token_start:chunk.token_end] = attn[0].transpose(0, 1)
     return out

@@ -48,14 +48,14 @@ def test_prefix_cache_hit_gives_the_same_tokens(llm, chat_prompts, plain_run):
 
 
 def test_chunked_prefill_gives_the_same_tokens(chat_prompts, plain_run):
-    small = LLM(dtype="float32", kv_cache_memory="64MiB", max_num_batched_tokens=7, enable_prefix_caching=False)
+    small = LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory="64MiB", max_num_batched_tokens=7, enable_prefix_caching=False)
     assert [r.token_ids for r in small.generate(chat_prompts, GREEDY_32)] == plain_run
 
 
 def test_preemption_gives_the_same_tokens(chat_prompts, plain_run):
     longest = max(len(p) for p in chat_prompts) + 32
     block_bytes = 16 * 2 * 30 * 3 * 64 * 4
-    tiny = LLM(dtype="float32", kv_cache_memory=block_bytes * (-(-longest // 16) + 2), enable_prefix_caching=False)
+    tiny = LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory=block_bytes * (-(-longest // 16) + 2), enable_prefix_caching=False)
     results = tiny.generate(chat_prompts, GREEDY_32)
     assert tiny.engine.scheduler.num_preemptions > 0
     assert [r.token_ids for r in results] == plain_run

@@ -1,0 +1,51 @@
+"""The router's one configuration."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fleetserve.fleet.policies import POLICY_NAMES, PolicyOptions
+
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
+@dataclass
+class RouterConfig:
+    backends: list[str] = field(default_factory=list)
+    policy: str = "least_loaded"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # "default" (fleetserve's default model), a model folder or tokenizer.json, or None: estimate
+    # tokens from text length (fine for engines without a KV-event feed, whose index is the router's own).
+    tokenizer: str | None = "default"
+    policy_options: PolicyOptions = field(default_factory=PolicyOptions)
+    health_interval_s: float = 0.5
+    health_timeout_s: float = 0.75
+    eject_after_failures: int = 2
+    metrics_interval_s: float = 1.0
+    max_attempts: int = 3
+    prefix_ttl_s: float = 120.0  # how long a routed prompt counts as cached on an engine without a feed
+    pending_ttl_s: float = 15.0  # the same, on an engine with a feed, until its `stored` event arrives
+    default_block_size: int = 16
+    default_max_tokens: int = 256  # output estimate for a request that sets no max_tokens
+    connect_timeout_s: float = 2.0
+    upstream_timeout_s: float = 600.0
+    retry_after_s: int = 1
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    log_level: str = "info"
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICY_NAMES:
+            raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {list(POLICY_NAMES)}")
+        for name in ("health_interval_s", "health_timeout_s", "metrics_interval_s", "prefix_ttl_s",
+                     "pending_ttl_s", "connect_timeout_s", "upstream_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("eject_after_failures", "max_attempts", "default_block_size", "default_max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"

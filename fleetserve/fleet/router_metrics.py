@@ -1,0 +1,69 @@
+"""The router's Prometheus metrics: per-replica load and health (read at scrape time), routing decisions
+per policy, estimated prefix hits, retries, ejections, mid-stream failures and requests by status."""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fleetserve.fleet.prefix_index import PrefixIndex
+from fleetserve.fleet.replicas import Replica
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class ReplicaStateCollector(Collector):
+    def __init__(self, replicas: Callable[[], Iterable[Replica]], index: PrefixIndex) -> None:
+        self.replicas = replicas
+        self.index = index
+
+    def collect(self) -> Iterable[Metric]:
+        gauges = {
+            "healthy": ("1 when the replica takes requests, 0 while ejected", lambda r: float(r.healthy)),
+            "in_flight": ("Requests the router has sent to the replica and not finished", lambda r: r.in_flight),
+            "waiting_prefill_tokens": ("Prompt tokens sent to the replica whose first byte has not come back",
+                                       lambda r: max(r.waiting_prefill_tokens, 0)),
+            "decoding_tokens": ("Output tokens still to come from the replica (max_tokens less those streamed)",
+                                lambda r: max(r.decoding_tokens, 0)),
+            "prefill_tokens_per_second": ("Prefill speed learnt from times to first byte",
+                                          lambda r: r.prefill_tokens_per_s),
+            "kv_cache_usage_perc": ("KV-cache usage the replica reports on /metrics",
+                                    lambda r: r.reported.get("kv_usage", 0.0)),
+            "reported_running": ("Requests running, as the replica reports", lambda r: r.reported.get("running", 0.0)),
+            "reported_waiting": ("Requests waiting, as the replica reports", lambda r: r.reported.get("waiting", 0.0)),
+            "indexed_blocks": ("Prefix blocks the router believes the replica holds",
+                               lambda r: self.index.blocks_held(r.replica_id)),
+        }
+        replicas = list(self.replicas())
+        for name, (doc, read) in gauges.items():
+            family = GaugeMetricFamily(f"fleetserve:router_replica_{name}", doc, labels=["replica"])
+            for replica in replicas:
+                family.add_metric([replica.replica_id], float(read(replica)))
+            yield family
+
+
+class RouterMetrics:
+    def __init__(self, replicas: Callable[[], Iterable[Replica]], index: PrefixIndex) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(ReplicaStateCollector(replicas, index))
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(f"fleetserve:router_{name}", doc, labels, registry=self.registry)
+
+        self.decisions = counter("decisions", "Routing decisions, by policy and chosen replica", ["policy", "replica"])
+        self.prompt_tokens = counter("prompt_tokens", "Prompt tokens routed, by replica", ["replica"])
+        self.prefix_hit_tokens = counter("estimated_prefix_hit_tokens",
+                                         "Prompt tokens the prefix index expected cached on the chosen replica",
+                                         ["replica"])
+        self.retries = counter("retries", "Requests retried on another replica before their first byte, by the "
+                                          "replica that failed and why", ["replica", "reason"])
+        self.ejections = counter("ejections", "Times a replica was ejected for failing", ["replica"])
+        self.readmissions = counter("readmissions", "Times an ejected (or new) replica was admitted", ["replica"])
+        self.stream_failures = counter("stream_failures", "Streams that broke after their first byte reached the "
+                                                          "client (ended with an error event)", ["replica"])
+        self.requests = counter("requests", "Requests answered, by endpoint and status", ["endpoint", "status"])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

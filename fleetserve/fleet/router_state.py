@@ -1,0 +1,225 @@
+"""What one router holds (replicas, prefix index, policies, metrics, the HTTP client) and how it picks a
+replica for each attempt of a request.
+
+Replicas are reached only over HTTP (invariant 4): the OpenAI API, /health, /metrics and, where offered,
+the KV-event feed. The routing policy is chosen per router (`policy`) or per request (header
+x-fleetserve-policy); the session key comes from the x-session-id header or the body's `user` field, and
+a per-request TTFT SLO from x-fleetserve-ttft-slo-ms.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from typing import Mapping
+
+import httpx
+
+from fleetserve.api.errors import bad_request, model_not_found
+from fleetserve.fleet.config import RouterConfig
+from fleetserve.fleet.health import BackendError, HealthMonitor, describe_error, probe_models
+from fleetserve.fleet.kv_feed import KVFeedFollower
+from fleetserve.fleet.policies import POLICY_NAMES, Policy, make_policy
+from fleetserve.fleet.prefix_index import PrefixIndex
+from fleetserve.fleet.replicas import Replica, ReplicaRegistry, default_replica_id, normalize_backend_url
+from fleetserve.fleet.request_info import PromptTokenizer, RoutedCall
+from fleetserve.fleet.router_metrics import RouterMetrics
+from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
+
+logger = logging.getLogger("fleetserve.fleet")
+
+POLICY_HEADER = "x-fleetserve-policy"
+SESSION_HEADER = "x-session-id"
+TTFT_SLO_HEADER = "x-fleetserve-ttft-slo-ms"
+INDEX_EXPIRY_INTERVAL_S = 10.0
+
+
+class RouterState:
+    """Everything the endpoints share: replicas, prefix index, policies, metrics and the HTTP client."""
+
+    def __init__(self, config: RouterConfig, tokenizer: PromptTokenizer | None) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.registry = ReplicaRegistry()
+        self.index = PrefixIndex(config.prefix_ttl_s)
+        self.metrics = RouterMetrics(lambda: self.registry, self.index)
+        self.policies: dict[str, Policy] = {name: make_policy(name, config.policy_options) for name in POLICY_NAMES}
+        self._ids = itertools.count()
+        self._client: httpx.AsyncClient | None = None
+        self._monitor: HealthMonitor | None = None
+        self._feeds: KVFeedFollower | None = None
+        self._expiry: asyncio.Task | None = None
+
+    # --- life cycle -----------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            raise RuntimeError("the router is not started")
+        return self._client
+
+    async def start(self) -> None:
+        timeout = httpx.Timeout(self.config.upstream_timeout_s, connect=self.config.connect_timeout_s)
+        # No pool limit: a queue inside the client would hide load from the replicas and the policies.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=512)
+        self._client = httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False)
+        self._monitor = HealthMonitor(self._client, self.config, self._health_changed)
+        self._feeds = KVFeedFollower(self._client, self.index)
+        self._expiry = asyncio.create_task(self._expire_index())
+        for url in self.config.backends:
+            await self.add_backend(url)
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._monitor is not None:
+            await self._monitor.close()
+        if self._feeds is not None:
+            await self._feeds.close()
+        if self._client is not None:
+            await self._client.aclose()
+
+    async def _expire_index(self) -> None:
+        while True:
+            await asyncio.sleep(INDEX_EXPIRY_INTERVAL_S)
+            self.index.expire(time.monotonic())
+
+    # --- membership -----------------------------------------------------------------------------------
+
+    async def add_backend(self, url: str, replica_id: str | None = None, weight: float = 1.0) -> Replica:
+        """Register a backend. One that answers but is not an OpenAI server is refused (BackendError); one
+        that does not answer yet is registered unhealthy and joins once its health check passes."""
+        root = normalize_backend_url(url)
+        if not weight > 0:
+            raise ValueError(f"weight must be positive, got {weight}")
+        replica = Replica(replica_id or default_replica_id(root), root, weight,
+                          block_size=self.config.default_block_size)
+        self.registry.add(replica)  # checks for duplicates before anything is sent
+        try:
+            replica.models = await probe_models(self.client, root)
+        except BackendError as exc:
+            if exc.kind == "not_openai":
+                self.registry.remove(replica.replica_id)
+                raise
+            replica.last_error = str(exc)
+            logger.info("fleetserve router: %s is not answering yet (%s); it joins once GET /health answers 200",
+                        root, exc)
+        if replica.replica_id not in self.registry:
+            raise ValueError(f"the replica {replica.replica_id!r} was removed while it was being added")
+        assert self._monitor is not None and self._feeds is not None
+        await self._monitor.check(replica)
+        self._monitor.watch(replica)
+        self._feeds.follow(replica)
+        return replica
+
+    async def remove_backend(self, replica_id: str) -> Replica:
+        """Unregister a replica; requests already on it run to their end."""
+        replica = self.registry.remove(replica_id)
+        assert self._monitor is not None and self._feeds is not None
+        await self._monitor.unwatch(replica_id)
+        await self._feeds.stop(replica_id)
+        logger.info("fleetserve router: removed replica %s (%s)", replica_id, replica.url)
+        return replica
+
+    def _health_changed(self, replica: Replica, change: str) -> None:
+        if change == "ejected":
+            self.metrics.ejections.labels(replica.replica_id).inc()
+            if replica.kv_feed != "streaming":
+                self.index.clear(replica.replica_id)  # it may come back empty; a feed would tell, this cannot
+            logger.warning("fleetserve router: ejected replica %s (%s): %s", replica.replica_id, replica.url,
+                           replica.last_error)
+        else:
+            self.metrics.readmissions.labels(replica.replica_id).inc()
+            logger.info("fleetserve router: replica %s (%s) is healthy", replica.replica_id, replica.url)
+
+    # --- routing --------------------------------------------------------------------------------------
+
+    def policy_for(self, headers: Mapping[str, str]) -> str:
+        name = headers.get(POLICY_HEADER) or self.config.policy
+        if name not in self.policies:
+            raise bad_request(f"unknown routing policy {name!r} in the {POLICY_HEADER} header; choose one of "
+                              f"{list(POLICY_NAMES)}", POLICY_HEADER)
+        return name
+
+    def check_model(self, model: str | None) -> None:
+        if model is None:
+            return
+        known = [r for r in self.registry if r.models]
+        if known and not any(model in r.models for r in known) and len(known) == len(self.registry):
+            raise model_not_found(model, self.served_models(healthy_only=False))
+
+    def serves(self, replica: Replica, model: str | None) -> bool:
+        return model is None or not replica.models or model in replica.models
+
+    def served_models(self, healthy_only: bool = True) -> list[str]:
+        names: dict[str, None] = {}
+        for replica in self.registry:
+            if replica.healthy or not healthy_only:
+                names.update(dict.fromkeys(replica.models))
+        return list(names)
+
+    def model_clause(self, model: str | None) -> str:
+        return f" serving the model {model!r}" if model else ""
+
+    def describe_unhealthy(self) -> str:
+        if not len(self.registry):
+            return "no replicas are registered (add one with POST /admin/replicas)"
+        return "; ".join(f"{r.replica_id} ({r.url}): {r.last_error or 'not checked yet'}" for r in self.registry)
+
+    def choose(self, call: RoutedCall, policy_name: str, excluded: set[str],
+               headers: Mapping[str, str]) -> tuple[Replica, int]:
+        """The replica for this attempt and the prompt tokens expected cached there; raises
+        NoHealthyReplica when no healthy replica (serving the model) is left to try."""
+        now = time.monotonic()
+        candidates = [r for r in self.registry if r.replica_id not in excluded and self.serves(r, call.model)]
+        cached: dict[str, int] = {}
+        for replica in candidates:
+            blocks = self.index.cached_blocks(replica.replica_id, call.block_hashes(replica.block_size), now)
+            cached[replica.replica_id] = min(blocks * replica.block_size, call.prompt_tokens)
+        block_size = candidates[0].block_size if candidates else self.config.default_block_size
+        request = RouteRequest(request_id=headers.get("x-request-id") or f"route-{next(self._ids)}",
+                               prompt_tokens=call.prompt_tokens, max_tokens=call.max_output_tokens,
+                               block_hashes=call.block_hashes(block_size), session_key=call.session_key,
+                               ttft_slo_ms=ttft_slo_of(headers))
+        snapshot = FleetSnapshot(tuple(r.state(cached[r.replica_id]) for r in candidates))
+        replica = self.registry.get(self.policies[policy_name].choose(request, snapshot))
+        self.metrics.decisions.labels(policy_name, replica.replica_id).inc()
+        self.metrics.prompt_tokens.labels(replica.replica_id).inc(call.prompt_tokens)
+        self.metrics.prefix_hit_tokens.labels(replica.replica_id).inc(cached[replica.replica_id])
+        ttl = self.config.pending_ttl_s if replica.kv_feed == "streaming" else self.config.prefix_ttl_s
+        self.index.routed(replica.replica_id, call.block_hashes(replica.block_size), now, ttl)
+        return replica, cached[replica.replica_id]
+
+    # --- failures seen by requests --------------------------------------------------------------------
+
+    def attempt_failed(self, replica: Replica, exc: BaseException, stage: str) -> None:
+        self.metrics.retries.labels(replica.replica_id, stage).inc()
+        assert self._monitor is not None
+        self._monitor.request_failed(replica, f"a request failed: {describe_error(exc)}",
+                                     conclusive=isinstance(exc, httpx.ConnectError))
+
+    def attempt_refused(self, replica: Replica, status: int) -> None:
+        self.metrics.retries.labels(replica.replica_id, f"http_{status}").inc()
+        if status != 429:  # 429 is a full queue, not a failure
+            assert self._monitor is not None
+            self._monitor.request_failed(replica, f"a request got HTTP {status}", conclusive=False)
+
+    def stream_failed(self, replica: Replica, exc: BaseException) -> None:
+        self.metrics.stream_failures.labels(replica.replica_id).inc()
+        assert self._monitor is not None
+        self._monitor.request_failed(replica, f"a stream broke: {describe_error(exc)}", conclusive=False)
+
+
+def ttft_slo_of(headers: Mapping[str, str]) -> float | None:
+    text = headers.get(TTFT_SLO_HEADER)
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise bad_request(f"the {TTFT_SLO_HEADER} header must be a positive number of milliseconds, got {text!r}",
+                          TTFT_SLO_HEADER)
+    return value

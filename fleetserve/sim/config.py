@@ -1,0 +1,41 @@
+"""How each simulated replica is set up: the engine's scheduler and KV-cache settings, plus simulator options.
+
+Defaults come from the engine's own EngineConfig, so a simulated replica schedules exactly like a
+`fleetserve serve` started without flags.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.scheduler import SchedulerConfig
+
+_ENGINE_DEFAULTS = EngineConfig()
+DEFAULT_MAX_QUEUE = 1024  # `fleetserve serve --max-queue`
+
+
+@dataclass(frozen=True)
+class ReplicaConfig:
+    block_size: int = _ENGINE_DEFAULTS.block_size
+    max_num_seqs: int = _ENGINE_DEFAULTS.max_num_seqs
+    max_num_batched_tokens: int = _ENGINE_DEFAULTS.max_num_batched_tokens
+    max_model_len: int | None = None  # None: the model's max_position_embeddings, as in the engine
+    enable_prefix_caching: bool = _ENGINE_DEFAULTS.enable_prefix_caching
+    max_queue: int = DEFAULT_MAX_QUEUE  # waiting requests beyond which a replica answers 429
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_queue"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_model_len is not None and self.max_model_len < 2:
+            raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+
+    def scheduler_config(self, model_max_len: int) -> SchedulerConfig:
+        max_len = min(self.max_model_len or model_max_len, model_max_len)
+        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_len)
+
+
+@dataclass(frozen=True)
+class SimOptions:
+    skip_decodes: bool = True  # advance stretches of pure decode steps at once (same results, faster)
+    record_token_times: bool = True  # keep every token's time (ITL); off saves memory on huge runs

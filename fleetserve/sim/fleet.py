@@ -1,0 +1,119 @@
+"""The simulated fleet: requests arrive on a virtual clock, the live router's policy objects pick a replica
+from a snapshot of every replica's load, and simulated replicas (the engine's own scheduler) serve them.
+
+Each request yields a `RequestRecord` on the virtual clock (sent, first token, token times, end), the
+same record the live benchmark fills, so the summary and plots come from the one metrics module.
+Wake-ups due at the same moment as an arrival come after it: a request that arrives as a step ends
+joins the next step.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from fleetserve.bench.metrics import RequestRecord
+from fleetserve.engine.request import Request
+from fleetserve.engine.sampling_params import SamplingParams
+from fleetserve.fleet.policies import Policy
+from fleetserve.fleet.snapshot import RouteRequest
+from fleetserve.sim.block_hashes import request_block_hashes
+from fleetserve.sim.events import WakeupQueue
+from fleetserve.sim.replica import SimReplica
+from fleetserve.sim.router_view import RouterView
+from fleetserve.sim.tracked import TrackedRequest
+from fleetserve.workload.spec import RequestSpec, Workload
+
+NO_EOS: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """One request to replay: its spec, when it was scheduled, and when it reaches the router."""
+    spec: RequestSpec
+    arrival_s: float
+    sent_s: float
+
+
+def workload_arrivals(workload: Workload) -> list[Arrival]:
+    return [Arrival(spec, spec.arrival_s, spec.arrival_s) for spec in workload]
+
+
+class SimFleet:
+    def __init__(self, replicas: list[SimReplica], policy: Policy) -> None:
+        if not replicas:
+            raise ValueError("a simulated fleet needs at least one replica")
+        block_sizes = {replica.kv.block_size for replica in replicas}
+        if len(block_sizes) > 1:
+            raise ValueError(f"every replica must use one KV block size, got {sorted(block_sizes)}")
+        self.replicas = replicas
+        self.policy = policy
+        self.block_size = block_sizes.pop()
+        self.index_of = {replica.replica_id: index for index, replica in enumerate(replicas)}
+        if len(self.index_of) != len(replicas):
+            raise ValueError("replica ids must be unique")
+        self.view = RouterView(replicas)
+        self.queue = WakeupQueue(len(replicas))
+        self.clock = 0.0
+        self._params: dict[int, SamplingParams] = {}
+        self._uid = 0
+
+    def run(self, arrivals: Iterable[Arrival] | Workload) -> list[RequestRecord]:
+        """Replay the arrivals (in order of sent time) to the end; returns one record per request."""
+        if isinstance(arrivals, Workload):
+            arrivals = workload_arrivals(arrivals)
+        records: list[RequestRecord] = []
+        last_sent = float("-inf")
+        for arrival in arrivals:
+            if arrival.sent_s < last_sent:
+                raise ValueError(f"arrivals must come in order of sent time; request "
+                                 f"{arrival.spec.request_id!r} is sent at {arrival.sent_s} after {last_sent}")
+            last_sent = arrival.sent_s
+            self._advance(arrival.sent_s, inclusive=False)
+            records.append(self._route(arrival))
+        self._advance(float("inf"), inclusive=True)
+        unfinished = [record.request_id for record in records if record.end_s is None]
+        if unfinished:
+            raise RuntimeError(f"simulation ended with {len(unfinished)} requests unfinished, e.g. {unfinished[:5]}")
+        return records
+
+    def _advance(self, until: float, inclusive: bool) -> None:
+        """Run every replica wake-up before `until` (and at it, when inclusive)."""
+        queue, replicas, view = self.queue, self.replicas, self.view
+        while True:
+            due = queue.peek_time()
+            if due > until or (due == until and not inclusive) or due == math.inf:
+                return
+            now, index = queue.pop()
+            self.clock = now
+            queue.set(index, replicas[index].wake(now))
+            view.touched(index)
+
+    def _route(self, arrival: Arrival) -> RequestRecord:
+        spec, now = arrival.spec, arrival.sent_s
+        self.clock = now
+        prompt, output = spec.prompt_tokens, spec.output_tokens
+        block_size = self.block_size
+        hashes, shared = request_block_hashes(spec, block_size, prompt + output, self._uid)
+        self._uid += 1
+        params = self._params.get(output)
+        if params is None:
+            params = self._params[output] = SamplingParams(temperature=0.0, max_tokens=output, ignore_eos=True)
+        request = Request(spec.request_id, [0] * prompt, params, NO_EOS, now, block_hashes=hashes)
+        route = RouteRequest(spec.request_id, prompt, output, tuple(hashes[:prompt // block_size]),
+                             session_key=spec.session_id)
+        # A prefix hit never covers the prompt's last token (the scheduler computes it for its logits).
+        snapshot = self.view.snapshot(hashes[:min(shared, (prompt - 1) // block_size)])
+        replica_id = self.policy.choose(route, snapshot)
+        index = self.index_of.get(replica_id)
+        if index is None:
+            raise ValueError(f"policy {self.policy.name!r} chose {replica_id!r}, not a replica of this fleet")
+        replica = self.replicas[index]
+        cached = self.view.cached_tokens.get(index, 0)
+        ticket = replica.router.begin(max(prompt - cached, 0), output, now)
+        record = RequestRecord(spec.request_id, arrival.arrival_s, now, prompt_tokens=prompt)
+        wake = replica.submit(TrackedRequest(request, record, ticket), now)
+        if wake is not None:
+            self.queue.set(index, wake)
+        self.view.touched(index)
+        return record

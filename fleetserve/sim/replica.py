@@ -1,0 +1,194 @@
+"""A simulated replica: the engine's own Scheduler and KVCacheManager, stepped on a virtual clock.
+
+Each step goes as in the engine's loop: the requests that arrived during the previous step are added, the
+scheduler builds the batch, the step lasts as long as the performance model says, and at its end the
+scheduler is updated with one sampled token per sampling request. Tokens are dummies: requests run with
+ignore_eos, so only the trace's output length (max_tokens) or the context length ends them. A request
+arriving mid-step joins the next step. Runs of pure decode steps are advanced as segments
+(fleetserve.sim.segment), with the same results.
+
+The replica also keeps the router's view of its load, a `fleetserve.fleet.replicas.Replica` fed the calls
+the live proxy makes (begin when routed, first_byte, progress per token, finish).
+
+Refusals carry the error kind a live benchmark records for the same answer from `fleetserve serve`:
+http_status_400 for a request that can never run (context length, whole KV cache too small) and
+http_status_429 when the replica's waiting queue is full.
+"""
+from __future__ import annotations
+
+from fleetserve.engine.kv_cache import KVCacheManager
+from fleetserve.engine.request import Request
+from fleetserve.engine.scheduler import Scheduler, SchedulerOutput
+from fleetserve.fleet.replicas import Replica
+from fleetserve.perf.model import PerfModel, StepShape
+from fleetserve.sim.config import ReplicaConfig, SimOptions
+from fleetserve.sim.segment import DecodeSegment, apply_segment, plan_segment
+from fleetserve.sim.tracked import TrackedRequest
+
+
+def step_shape(out: SchedulerOutput) -> StepShape:
+    """The work in a scheduled step; a one-token item is a decode, as the model runner batches it."""
+    prefill_tokens = decode_seqs = context = prefill_seqs = 0
+    for item in out.scheduled:
+        tokens = item.num_tokens
+        context += item.start + tokens
+        if tokens == 1:
+            decode_seqs += 1
+        else:
+            prefill_tokens += tokens
+            prefill_seqs += 1
+    return StepShape(prefill_tokens, decode_seqs, context, prefill_seqs)
+
+
+class SimReplica:
+    def __init__(self, replica_id: str, hardware_name: str, perf: PerfModel, config: ReplicaConfig,
+                 model_max_len: int, options: SimOptions | None = None, weight: float = 1.0) -> None:
+        capacity = perf.kv_capacity_tokens()
+        num_blocks = capacity // config.block_size
+        if num_blocks < 2:
+            raise ValueError(f"replica {replica_id} ({perf.name}): a KV cache of {capacity} tokens holds "
+                             f"{num_blocks} blocks of {config.block_size} tokens; a replica needs at least 2")
+        self.replica_id = replica_id
+        self.hardware_name = hardware_name
+        self.perf = perf
+        self.config = config
+        self.options = options or SimOptions()
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(config.scheduler_config(model_max_len), self.kv)
+        self.router = Replica(replica_id, f"sim://{replica_id}", weight=weight, block_size=config.block_size,
+                              healthy=True)
+        self.tracked: dict[str, TrackedRequest] = {}
+        self.inbox: list[TrackedRequest] = []
+        self.pending: SchedulerOutput | None = None
+        self.segment: DecodeSegment | None = None
+        self.step_start = 0.0
+        self.busy_until: float | None = None  # end of the step or segment in progress; None when idle
+        self.num_steps = 0
+        self.num_full_steps = 0
+        self.num_segments = 0
+        self.busy_s = 0.0
+
+    @property
+    def max_model_len(self) -> int:
+        return self.scheduler.config.max_model_len
+
+    # --- arrivals ---------------------------------------------------------------------------------
+
+    def submit(self, tracked: TrackedRequest, now: float) -> float | None:
+        """Take a routed request at `now`; returns the replica's new wake-up time if it changed."""
+        refusal = self._refusal(tracked.request)
+        if refusal is not None:
+            self._reject(tracked, now, *refusal)
+            return None
+        self.inbox.append(tracked)
+        self.tracked[tracked.request.request_id] = tracked
+        if self.busy_until is None:
+            return self._start_step(now)
+        if self.segment is not None and self.segment.cut_at(now):
+            self.busy_until = self.segment.wake_time
+            return self.busy_until
+        return None
+
+    def _refusal(self, request: Request) -> tuple[str, str] | None:
+        prompt, max_len = request.num_prompt_tokens, self.max_model_len
+        if prompt >= max_len:
+            return "http_status_400", (f"the prompt has {prompt} tokens but the model's context is {max_len} "
+                                       f"tokens")
+        if prompt + request.max_tokens > max_len:
+            return "http_status_400", (f"the prompt ({prompt} tokens) plus max_tokens ({request.max_tokens}) is "
+                                       f"{prompt + request.max_tokens} tokens, beyond the model's context of "
+                                       f"{max_len}")
+        waiting = len(self.scheduler.waiting) + len(self.inbox)
+        if waiting >= self.config.max_queue:
+            return "http_status_429", f"{waiting} requests are already waiting (max_queue {self.config.max_queue})"
+        return None
+
+    # --- stepping ---------------------------------------------------------------------------------
+
+    def wake(self, now: float) -> float | None:
+        """The step (or segment) in progress ends at `now`: apply it and start the next; returns its end,
+        or None when the replica goes idle."""
+        segment = self.segment
+        if segment is not None:
+            if not segment.complete:
+                self.busy_until = segment.extend(self)
+                return self.busy_until
+            self.segment = None
+            apply_segment(self, segment)
+        elif self.pending is not None:
+            self._end_step(now)
+        return self._start_step(now)
+
+    def _start_step(self, now: float) -> float | None:
+        if self.inbox:
+            for tracked in self.inbox:
+                try:
+                    self.scheduler.add_request(tracked.request)
+                except ValueError as error:
+                    self._reject(tracked, now, "http_status_400", str(error))
+            self.inbox.clear()
+        if self.options.skip_decodes:
+            segment = plan_segment(self, now)
+            if segment is not None:
+                self.segment = segment
+                self.num_segments += 1
+                self.busy_until = segment.extend(self)
+                return self.busy_until
+        out = self.scheduler.schedule()
+        if out.is_empty:
+            self.busy_until = None
+            return None
+        self.pending = out
+        self.step_start = now
+        self.busy_until = now + self.perf.step_time(step_shape(out))
+        return self.busy_until
+
+    def _end_step(self, now: float) -> None:
+        out, self.pending = self.pending, None
+        assert out is not None
+        sampled = {item.request.request_id: 0 for item in out.scheduled if item.samples}
+        finished = self.scheduler.update_from_output(out, sampled)
+        record_times = self.options.record_token_times
+        router = self.router
+        for request_id in sampled:
+            tracked = self.tracked[request_id]
+            record = tracked.record
+            if record_times:
+                record.token_times_s.append(now)
+            if record.first_token_s is None:
+                record.first_token_s = now
+                router.first_byte(tracked.ticket, now)
+            router.progress(tracked.ticket, 1)
+        for request in finished:
+            self.complete(self.tracked[request.request_id], now)
+        self.num_full_steps += 1
+        self.count_steps(1, now - self.step_start)
+
+    def count_steps(self, steps: int, busy_s: float) -> None:
+        self.num_steps += steps
+        self.busy_s += busy_s
+
+    # --- endings ----------------------------------------------------------------------------------
+
+    def complete(self, tracked: TrackedRequest, now: float) -> None:
+        record = tracked.record
+        record.end_s = now
+        record.output_tokens = tracked.request.num_output_tokens
+        self.router.finish(tracked.ticket)
+        del self.tracked[tracked.request.request_id]
+
+    def _reject(self, tracked: TrackedRequest, now: float, kind: str, message: str) -> None:
+        record = tracked.record
+        record.success = False
+        record.error_kind = kind
+        record.error = f"replica {self.replica_id}: {message}"
+        record.end_s = now
+        self.router.finish(tracked.ticket)
+        self.tracked.pop(tracked.request.request_id, None)
+
+    def stats(self) -> dict[str, float | int | str]:
+        return {"replica": self.replica_id, "hardware": self.hardware_name, "perf_model": self.perf.name,
+                "kv_blocks": self.kv.num_blocks, "steps": self.num_steps, "full_steps": self.num_full_steps,
+                "decode_segments": self.num_segments, "preemptions": self.scheduler.num_preemptions,
+                "busy_s": self.busy_s, "prefix_cache_hit_tokens": self.kv.prefix_cache_hits,
+                "prefix_cache_query_tokens": self.kv.prefix_cache_queries}

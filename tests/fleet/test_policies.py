@@ -1,0 +1,173 @@
+"""Each routing policy's choice on constructed snapshots: pure functions, no processes."""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from fleetserve.fleet.policies import (POLICY_NAMES, LeastLoaded, NoHealthyReplica, PolicyOptions, PrefixAware,
+                                       RoundRobin, SessionAffinity, TwoChoice, make_policy, ring_owner)
+from fleetserve.fleet.snapshot import FleetSnapshot, ReplicaState, RouteRequest
+
+
+def replica(name: str, **fields) -> ReplicaState:
+    return ReplicaState(replica_id=name, **fields)
+
+
+def request(request_id: str = "r", prompt_tokens: int = 1000, **fields) -> RouteRequest:
+    return RouteRequest(request_id=request_id, prompt_tokens=prompt_tokens, max_tokens=fields.pop("max_tokens", 100),
+                        **fields)
+
+
+def fleet(*replicas: ReplicaState) -> FleetSnapshot:
+    return FleetSnapshot(tuple(replicas))
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_policy_refuses_a_fleet_without_healthy_replicas(name):
+    policy = make_policy(name)
+    with pytest.raises(NoHealthyReplica, match=r"\['a', 'b'\]"):
+        policy.choose(request(session_key="s"), fleet(replica("a", healthy=False), replica("b", healthy=False)))
+
+
+@pytest.mark.parametrize("name", POLICY_NAMES)
+def test_every_policy_skips_unhealthy_replicas(name):
+    snapshot = fleet(replica("a", healthy=False), replica("b"), replica("c", healthy=False))
+    policy = make_policy(name)
+    assert {policy.choose(request(f"r{i}", session_key=f"s{i}"), snapshot) for i in range(20)} == {"b"}
+
+
+def test_make_policy_names_the_known_policies():
+    with pytest.raises(ValueError, match=r"'nope'.*round_robin"):
+        make_policy("nope")
+
+
+def test_round_robin_cycles_in_snapshot_order():
+    policy = RoundRobin()
+    snapshot = fleet(replica("a"), replica("b"), replica("c"))
+    assert [policy.choose(request(), snapshot) for _ in range(6)] == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_least_loaded_counts_outstanding_tokens_not_requests():
+    snapshot = fleet(replica("busy", in_flight=1, waiting_prefill_tokens=5000),
+                     replica("many", in_flight=4, decoding_tokens=400))
+    assert LeastLoaded().choose(request(), snapshot) == "many"
+
+
+def test_least_loaded_divides_work_by_weight():
+    snapshot = fleet(replica("small", decoding_tokens=300), replica("big", decoding_tokens=500, weight=2.0))
+    assert LeastLoaded().choose(request(), snapshot) == "big"
+
+
+def test_ties_spread_over_replicas_and_are_deterministic():
+    snapshot = fleet(replica("a"), replica("b"), replica("c"))
+    choices = [LeastLoaded().choose(request(f"r{i}"), snapshot) for i in range(300)]
+    assert min(Counter(choices).values()) > 60
+    assert choices == [LeastLoaded().choose(request(f"r{i}"), snapshot) for i in range(300)]
+
+
+def test_session_sticks_to_one_replica_and_moves_only_when_it_leaves():
+    policy = SessionAffinity(virtual_nodes=64)
+    full = fleet(replica("a"), replica("b"), replica("c"), replica("d"))
+    before = {f"user-{i}": policy.choose(request(session_key=f"user-{i}"), full) for i in range(400)}
+    assert len(set(before.values())) == 4
+    # Load does not move a session.
+    loaded = fleet(replica("a", decoding_tokens=10**6), replica("b"), replica("c"), replica("d"))
+    assert all(policy.choose(request(session_key=k), loaded) == v for k, v in before.items() if v == "a")
+    # Only the sessions of a replica that leaves move.
+    without_b = fleet(replica("a"), replica("b", healthy=False), replica("c"), replica("d"))
+    after = {k: policy.choose(request(session_key=k), without_b) for k in before}
+    moved = {k for k in before if before[k] != after[k]}
+    assert moved == {k for k, v in before.items() if v == "b"}
+
+
+def test_session_ring_spreads_keys_evenly():
+    counts = Counter(ring_owner(f"user-{i}", ("a", "b", "c", "d"), 64) for i in range(4000))
+    assert all(700 < n < 1300 for n in counts.values()), counts
+
+
+def test_session_without_a_key_falls_back_to_least_loaded():
+    snapshot = fleet(replica("a", decoding_tokens=900), replica("b", decoding_tokens=100))
+    assert SessionAffinity().choose(request(session_key=None), snapshot) == "b"
+
+
+def test_prefix_prefers_the_replica_holding_the_prompt():
+    snapshot = fleet(replica("cold"), replica("warm", cached_prefix_tokens=960, decoding_tokens=200))
+    # cold: 1000 uncached + 0 queued; warm: 40 uncached + 200 queued
+    assert PrefixAware().choose(request(prompt_tokens=1000), snapshot) == "warm"
+
+
+def test_prefix_score_trades_cache_against_queued_work_in_tokens():
+    snapshot = fleet(replica("cold"), replica("warm", cached_prefix_tokens=960, waiting_prefill_tokens=1500))
+    # cold: 1000; warm: 40 + 1500
+    assert PrefixAware().choose(request(prompt_tokens=1000), snapshot) == "cold"
+
+
+def test_prefix_hot_prefix_spills_beyond_the_imbalance_bound():
+    hot = replica("hot", cached_prefix_tokens=9000, waiting_prefill_tokens=3000)
+    snapshot = fleet(hot, replica("idle-1", decoding_tokens=100), replica("idle-2", cached_prefix_tokens=2000,
+                                                                        decoding_tokens=200))
+    big = request(prompt_tokens=10000)
+    # Within the bound the cached replica wins (1000 + 3000 < 8200 + 200) ...
+    assert PrefixAware(max_imbalance_tokens=4096).choose(big, snapshot) == "hot"
+    # ... beyond it the request spills to the cheapest replica within the bound of the least loaded.
+    assert PrefixAware(max_imbalance_tokens=1000).choose(big, snapshot) == "idle-2"
+
+
+def test_two_choice_candidates_depend_only_on_the_prefix_and_are_distinct():
+    policy = TwoChoice(key_blocks=1)
+    replicas = [replica(n) for n in "abcdefgh"]
+    shared = [policy.candidates(request(f"r{i}", block_hashes=(42, i)), replicas) for i in range(20)]
+    assert all([c.replica_id for c in pair] == [c.replica_id for c in shared[0]] for pair in shared)
+    assert shared[0][0].replica_id != shared[0][1].replica_id
+    # Different prefixes spread over the fleet.
+    firsts = Counter(policy.candidates(request(block_hashes=(h,)), replicas)[0].replica_id for h in range(800))
+    assert len(firsts) == 8 and min(firsts.values()) > 50
+
+
+def test_two_choice_picks_the_cheaper_candidate():
+    policy = TwoChoice()
+    names = "abcd"
+    req = request(block_hashes=(7, 8))
+    first, second = (c.replica_id for c in policy.candidates(req, [replica(n) for n in names]))
+    snapshot = fleet(*(replica(n, decoding_tokens=5000 if n == first else 0,
+                               cached_prefix_tokens=500 if n == second else 0) for n in names))
+    assert policy.choose(req, snapshot) == second
+    snapshot = fleet(*(replica(n, cached_prefix_tokens=900 if n == first else 0) for n in names))
+    assert policy.choose(req, snapshot) == first
+
+
+def test_two_choice_falls_back_to_least_loaded_when_the_ttft_slo_is_at_risk():
+    names = "abcd"
+    req = request(prompt_tokens=1000, block_hashes=(11,), ttft_slo_ms=500)
+    pair = {c.replica_id for c in TwoChoice().candidates(req, [replica(n) for n in names])}
+    others = {n for n in names if n not in pair}
+
+    def snapshot(queued: int) -> FleetSnapshot:
+        return fleet(*(replica(n, waiting_prefill_tokens=queued if n in pair else 0,
+                               decoding_tokens=0 if n in pair else 50, prefill_tokens_per_s=4000.0)
+                       for n in names))
+
+    # (0 + 1000) / 4000 tok/s = 250 ms: within the SLO, stays with the candidates.
+    assert TwoChoice().choose(req, snapshot(0)) in pair
+    # (2000 + 1000) / 4000 = 750 ms > 500 ms: the least loaded replica instead.
+    assert TwoChoice().choose(req, snapshot(2000)) in others
+    # The router default applies when the request sets no SLO; no speed known means no guard.
+    no_slo = request(prompt_tokens=1000, block_hashes=(11,))
+    assert TwoChoice(default_ttft_slo_ms=500).choose(no_slo, snapshot(2000)) in others
+    assert TwoChoice().choose(no_slo, snapshot(2000)) in pair
+
+
+def test_two_choice_without_a_full_block_spreads_by_request_id():
+    snapshot = fleet(*(replica(n) for n in "abcd"))
+    chosen = Counter(TwoChoice().choose(request(f"r{i}", prompt_tokens=5), snapshot) for i in range(400))
+    assert len(chosen) == 4
+
+
+def test_policy_options_reach_the_policies():
+    options = PolicyOptions(virtual_nodes=8, max_imbalance_tokens=7, key_blocks=2, default_ttft_slo_ms=300.0,
+                            default_prefill_tokens_per_s=1234.0)
+    assert make_policy("session", options).virtual_nodes == 8
+    assert make_policy("prefix", options).max_imbalance_tokens == 7
+    two = make_policy("two_choice", options)
+    assert (two.key_blocks, two.default_ttft_slo_ms, two.default_prefill_tokens_per_s) == (2, 300.0, 1234.0)
