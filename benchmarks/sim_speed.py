@@ -6,7 +6,12 @@ replica sees the trace's own rate of about 5.5 requests/s). Fleet: --fleet (defa
 Llama-3-8B (benchmarks/models/llama-3-8b.json) under the roofline model.
 
     .venv/bin/python benchmarks/sim_speed.py [--requests 100000] [--fleet h100:64] [--policy round_robin]
-        [--max-num-batched-tokens 512] [--max-num-seqs 64] [--no-token-times] [--no-skip] [--json PATH]
+        [--max-num-batched-tokens 512] [--max-num-seqs 64] [--block-size 16] [--no-token-times] [--no-skip]
+        [--json PATH]
+
+Reports wall time and this process's CPU time for the replay alone (building the workload and the
+replicas, and summarizing, are timed apart): on a busy machine the CPU time is the better estimate of
+what one idle core would take.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ def main() -> None:
     parser.add_argument("--model-config", default=str(LLAMA_3_8B))
     parser.add_argument("--max-num-batched-tokens", type=int, default=ReplicaConfig.max_num_batched_tokens)
     parser.add_argument("--max-num-seqs", type=int, default=ReplicaConfig.max_num_seqs)
+    parser.add_argument("--block-size", type=int, default=ReplicaConfig.block_size)
     parser.add_argument("--no-token-times", action="store_true", help="do not keep every token's time")
     parser.add_argument("--no-skip", action="store_true", help="simulate every decode step")
     parser.add_argument("--json", default=None)
@@ -63,24 +69,31 @@ def main() -> None:
     workload = repeated_trace(read_trace(args.trace), args.requests).scaled(speedup)
     model_config = ModelConfig.from_file(args.model_config)
     perf = {hardware.name: RooflineModel(model_config, hardware) for hardware, _ in fleet_spec}
-    config = ReplicaConfig(max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
+    config = ReplicaConfig(block_size=args.block_size, max_num_batched_tokens=args.max_num_batched_tokens,
+                           max_num_seqs=args.max_num_seqs)
     options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times)
     replicas = build_replicas(fleet_spec, perf, config, model_config.max_position_embeddings, options)
     fleet = SimFleet(replicas, make_policy(args.policy))
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     records = fleet.run(workload)
-    wall_s = time.perf_counter() - started
+    wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu_started
+    summarize_started = time.perf_counter()
     summary = summarize(records)
+    summarize_s = time.perf_counter() - summarize_started
     steps = sum(replica.num_steps for replica in replicas)
     full_steps = sum(replica.num_full_steps for replica in replicas)
     result = {
         "requests": len(records), "fleet": args.fleet, "policy": args.policy, "speedup": speedup,
         "max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
+        "block_size": args.block_size,
         "skip_decodes": not args.no_skip, "token_times": not args.no_token_times,
         "wall_s": wall_s, "simulated_requests_per_wall_s": len(records) / wall_s,
-        "simulated_s": fleet.clock, "steps": steps, "full_steps": full_steps,
-        "mean_running_per_replica": sum(r.busy_s for r in replicas) and None,
+        # The CPU time of this process: what a run on an idle core would take as wall time.
+        "cpu_s": cpu_s, "simulated_requests_per_cpu_s": len(records) / cpu_s,
+        "summarize_s": summarize_s, "simulated_s": fleet.clock, "steps": steps, "full_steps": full_steps,
+        "mean_requests_in_flight_per_replica": sum(
+            (record.end_s or record.sent_s) - record.sent_s for record in records) / fleet.clock / num_replicas,
         "completed": summary["completed"], "failed": summary["failed"],
         "failures_by_kind": summary["failures_by_kind"],
         "ttft_ms_p50": summary["ttft_ms"]["p50"], "tpot_ms_p50": summary["tpot_ms"]["p50"],

@@ -200,7 +200,8 @@ def run(args: argparse.Namespace) -> int:
               "speedup": args.speedup, "rate": args.rate, "max_concurrency": args.max_concurrency,
               "duration_s": args.duration, "num_requests": args.num_requests,
               "ignore_eos": options.ignore_eos, "tokenizer": args.tokenizer, "seed": args.seed,
-              "timeout_s": args.timeout, "started_at": started_at}
+              "timeout_s": args.timeout, "started_at": started_at,
+              "requests_out": str(Path(args.requests_out).resolve()) if args.requests_out else None}
     result = build_result(records, workload, config, slo)
 
     print_summary(result, title=args.label or workload.name, console=console)

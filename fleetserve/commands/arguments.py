@@ -51,3 +51,17 @@ def _bench_compare(p: argparse.ArgumentParser) -> None:
 def _route(p: argparse.ArgumentParser) -> None:
     from fleetserve.commands.route import add_route_arguments
     add_route_arguments(p)
+
+
+@command("sim", "replay a trace on a simulated fleet with the engine's scheduler and the router's policies",
+         "fleetserve.commands.sim:run")
+def _sim(p: argparse.ArgumentParser) -> None:
+    from fleetserve.commands.sim import add_sim_arguments
+    add_sim_arguments(p)
+
+
+@command("profile", "measure the engine's step time on this machine and fit a model for `fleetserve sim --perf`",
+         "fleetserve.commands.profile:run")
+def _profile(p: argparse.ArgumentParser) -> None:
+    from fleetserve.commands.profile import add_profile_arguments
+    add_profile_arguments(p)

@@ -20,7 +20,7 @@ from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParam
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
 from fleetserve.model.config import ModelConfig
 from fleetserve.model.llama import LlamaModel
-from fleetserve.model.loader import cache_root, load_tensors, resolve_model
+from fleetserve.model.loader import TensorSource, cache_root, release_freed_memory, resolve_model
 from fleetserve.model.tokenizer import Tokenizer
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
@@ -78,7 +78,8 @@ class LLMEngine:
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings)
         model = LlamaModel(self.model_config, self.dtype, self.device)
-        model.load_weights(load_tensors(self.model_path))
+        model.load_weights(TensorSource(self.model_path))
+        release_freed_memory()
         self.model = model
         self.kv_cache_dtype = pick_kv_cache_dtype(config.kv_cache_dtype, self.device, self.dtype)
         bytes_per_block = config.block_size * self.model_config.kv_bytes_per_token(self.kv_cache_dtype.itemsize)

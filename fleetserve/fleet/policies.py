@@ -161,7 +161,8 @@ class TwoChoice:
 
     SLO guard: estimated TTFT = (prefill tokens queued on the replica + uncached tokens) / its prefill
     speed; when that exceeds the request's TTFT SLO (or `default_ttft_slo_ms`), the request goes to the
-    least loaded replica instead. Without a known speed or SLO the guard is off.
+    least loaded replica instead, if the estimate there meets the SLO. Without a known speed or SLO the guard
+    is off.
     """
     name: ClassVar[str] = "two_choice"
 
@@ -197,8 +198,14 @@ class TwoChoice:
         chosen = cheapest_of(request, self.candidates(request, healthy))
         slo_ms = request.ttft_slo_ms if request.ttft_slo_ms is not None else self.default_ttft_slo_ms
         estimate = self.estimated_ttft_ms(request, chosen)
-        if slo_ms is not None and estimate is not None and estimate > slo_ms:
-            return least_loaded_of(request, healthy).replica_id
+        if slo_ms is None or estimate is None or estimate <= slo_ms:
+            return chosen.replica_id
+        fallback = least_loaded_of(request, healthy)
+        # Move only when the move rescues the SLO: a request that misses it either way is better off
+        # where its prefix is cached, since scattering it adds prefill work to the whole fleet.
+        fallback_estimate = self.estimated_ttft_ms(request, fallback)
+        if fallback_estimate is not None and fallback_estimate <= slo_ms:
+            return fallback.replica_id
         return chosen.replica_id
 
 

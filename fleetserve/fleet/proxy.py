@@ -8,8 +8,10 @@ is counted. Non-streamed answers are read whole first, so they can be retried at
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, AsyncIterator
 
 import httpx
@@ -44,6 +46,19 @@ def downstream_headers(response: httpx.Response, replica: Replica) -> dict[str, 
     return headers
 
 
+def _last_event_end(data: bytes) -> int:
+    """The end of the last complete server-sent event in `data` (0 when there is none)."""
+    lf, crlf = data.rfind(b"\n\n"), data.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+async def _chain(first: list[bytes], rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    for chunk in first:
+        yield chunk
+    async for chunk in rest:
+        yield chunk
+
+
 def mid_stream_error(replica: Replica, exc: BaseException) -> bytes:
     body = error_body(503, f"the replica {replica.replica_id} ({replica.url}) failed mid-stream "
                            f"({describe_error(exc)}); the answer is incomplete, retry the request",
@@ -67,20 +82,23 @@ class RelayResponse(StreamingResponse):
                          headers=downstream_headers(upstream, replica))
 
     async def _relay(self) -> AsyncIterator[bytes]:
+        """Whole events only: a replica that dies halfway through an event must not leave the client a
+        broken line before the error event. Bytes go out as they came, cut only at event boundaries."""
         replica, ticket = self.replica, self.ticket
-        chunk = self.first
-        replica.progress(ticket, chunk.count(b"data:"))
-        yield chunk
-        tail = chunk
+        pending = b""
         try:
-            async for chunk in self.chunks:
-                replica.progress(ticket, chunk.count(b"data:"))
-                tail = chunk
-                yield chunk
+            async for chunk in _chain([self.first], self.chunks):
+                data = pending + chunk if pending else chunk
+                cut = _last_event_end(data)
+                pending = data[cut:]
+                if cut:
+                    replica.progress(ticket, data.count(b"data:", 0, cut))
+                    yield data[:cut]
+            if pending:
+                yield pending
         except httpx.HTTPError as exc:
             self.router.stream_failed(replica, exc)
-            # Start a fresh event even if the replica died halfway through one.
-            yield (b"" if tail.endswith(b"\n\n") else b"\n\n") + mid_stream_error(replica, exc)
+            yield mid_stream_error(replica, exc)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -101,12 +119,59 @@ def _no_replica(router: RouterState, call: RoutedCall, failures: list[str]) -> A
     return APIError(503, message, None, "no_healthy_replica", {"Retry-After": retry_after})
 
 
+@dataclass
+class Answer:
+    """What an attempt got before anything went to the client: a whole body, or a stream's first chunk."""
+    upstream: httpx.Response
+    body: bytes | None = None
+    first_chunk: bytes | None = None
+    chunks: AsyncIterator[bytes] | None = None
+
+
+class ReplicaEjected(Exception):
+    """The replica was ejected (it stopped answering health checks) while this attempt waited on it."""
+
+
+async def _until_first_byte(router: RouterState, replica: Replica, path: str, raw_body: bytes,
+                            headers: dict[str, str]) -> Answer:
+    request = router.client.build_request("POST", replica.url + path, content=raw_body, headers=headers)
+    upstream = await router.client.send(request, stream=True)
+    try:
+        if upstream.status_code in RETRY_STATUSES or not upstream.headers.get("content-type", "").startswith(
+                "text/event-stream"):
+            body = await upstream.aread()
+            await upstream.aclose()
+            return Answer(upstream, body=body)
+        chunks = upstream.aiter_raw()
+        return Answer(upstream, first_chunk=await chunks.__anext__(), chunks=chunks)
+    except BaseException:
+        await upstream.aclose()
+        raise
+
+
+async def _attempt(router: RouterState, replica: Replica, path: str, raw_body: bytes,
+                   headers: dict[str, str]) -> Answer:
+    """Wait for the replica's first byte, unless the replica is ejected first."""
+    attempt = asyncio.ensure_future(_until_first_byte(router, replica, path, raw_body, headers))
+    ejected = asyncio.ensure_future(router.ejection_of(replica).wait())
+    try:
+        await asyncio.wait({attempt, ejected}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        ejected.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            await asyncio.gather(attempt, return_exceptions=True)
+    if attempt.cancelled():
+        raise ReplicaEjected(f"the replica was ejected ({replica.last_error}) before it answered")
+    return attempt.result()
+
+
 async def forward(router: RouterState, request: Request, path: str, raw_body: bytes, call: RoutedCall,
                   policy_name: str) -> Response:
     headers = upstream_headers(request)
     tried: set[str] = set()
     failures: list[str] = []
-    last_refusal: tuple[httpx.Response, bytes, Replica] | None = None
+    last_refusal: tuple[Answer, Replica] | None = None
     for _ in range(router.config.max_attempts):
         try:
             replica, cached_tokens = router.choose(call, policy_name, tried, request.headers)
@@ -114,55 +179,39 @@ async def forward(router: RouterState, request: Request, path: str, raw_body: by
             break
         tried.add(replica.replica_id)
         ticket = replica.begin(max(call.prompt_tokens - cached_tokens, 0), call.max_output_tokens, time.monotonic())
-        upstream_request = router.client.build_request("POST", replica.url + path, content=raw_body, headers=headers)
         try:
-            upstream = await router.client.send(upstream_request, stream=True)
-        except httpx.HTTPError as exc:
+            answer = await _attempt(router, replica, path, raw_body, headers)
+        except (httpx.HTTPError, StopAsyncIteration, ReplicaEjected) as exc:
             replica.finish(ticket)
             failures.append(f"{replica.replica_id}: {describe_error(exc)}")
-            router.attempt_failed(replica, exc, "connect")
+            router.attempt_failed(replica, exc, _stage_of(exc))
             continue
-        if upstream.status_code in RETRY_STATUSES:
-            body = await _read_quietly(upstream)
+        except BaseException:
             replica.finish(ticket)
-            failures.append(f"{replica.replica_id}: HTTP {upstream.status_code} {body[:200]!r}")
-            router.attempt_refused(replica, upstream.status_code)
-            last_refusal = (upstream, body, replica)
-            continue
-        if not upstream.headers.get("content-type", "").startswith("text/event-stream"):
-            try:
-                body = await upstream.aread()
-            except httpx.HTTPError as exc:
-                replica.finish(ticket)
-                await upstream.aclose()
-                failures.append(f"{replica.replica_id}: {describe_error(exc)}")
-                router.attempt_failed(replica, exc, "read")
-                continue
+            raise
+        upstream = answer.upstream
+        if answer.body is not None:
             replica.first_byte(ticket, time.monotonic(), learn_speed=False)
             replica.finish(ticket)
-            await upstream.aclose()
-            return Response(body, upstream.status_code, headers=downstream_headers(upstream, replica))
-        chunks = upstream.aiter_raw()
-        try:
-            first = await chunks.__anext__()
-        except (httpx.HTTPError, StopAsyncIteration) as exc:
-            replica.finish(ticket)
-            await upstream.aclose()
-            failures.append(f"{replica.replica_id}: stream ended before its first byte ({describe_error(exc)})")
-            router.attempt_failed(replica, exc, "first_byte")
-            continue
+            if upstream.status_code in RETRY_STATUSES:
+                failures.append(f"{replica.replica_id}: HTTP {upstream.status_code} {answer.body[:200]!r}")
+                router.attempt_refused(replica, upstream.status_code)
+                last_refusal = (answer, replica)
+                continue
+            return Response(answer.body, upstream.status_code, headers=downstream_headers(upstream, replica))
+        assert answer.first_chunk is not None and answer.chunks is not None
         replica.first_byte(ticket, time.monotonic())
-        return RelayResponse(router, replica, ticket, upstream, chunks, first)
+        return RelayResponse(router, replica, ticket, upstream, answer.chunks, answer.first_chunk)
     if last_refusal is not None:
-        upstream, body, replica = last_refusal
-        return Response(body, upstream.status_code, headers=downstream_headers(upstream, replica))
+        answer, replica = last_refusal
+        return Response(answer.body, answer.upstream.status_code,
+                        headers=downstream_headers(answer.upstream, replica))
     raise _no_replica(router, call, failures)
 
 
-async def _read_quietly(upstream: httpx.Response) -> bytes:
-    try:
-        return await upstream.aread()
-    except httpx.HTTPError:
-        return b""
-    finally:
-        await upstream.aclose()
+def _stage_of(exc: BaseException) -> str:
+    if isinstance(exc, ReplicaEjected):
+        return "ejected"
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return "connect"
+    return "before_first_byte"

@@ -50,6 +50,7 @@ class RouterState:
         self._monitor: HealthMonitor | None = None
         self._feeds: KVFeedFollower | None = None
         self._expiry: asyncio.Task | None = None
+        self._ejections: dict[str, asyncio.Event] = {}
 
     # --- life cycle -----------------------------------------------------------------------------------
 
@@ -103,8 +104,7 @@ class RouterState:
                 self.registry.remove(replica.replica_id)
                 raise
             replica.last_error = str(exc)
-            logger.info("fleetserve router: %s is not answering yet (%s); it joins once GET /health answers 200",
-                        root, exc)
+            logger.info("fleetserve router: %s; it joins once GET /health answers 200", exc)
         if replica.replica_id not in self.registry:
             raise ValueError(f"the replica {replica.replica_id!r} was removed while it was being added")
         assert self._monitor is not None and self._feeds is not None
@@ -116,14 +116,23 @@ class RouterState:
     async def remove_backend(self, replica_id: str) -> Replica:
         """Unregister a replica; requests already on it run to their end."""
         replica = self.registry.remove(replica_id)
+        self._ejections.pop(replica_id, None)
         assert self._monitor is not None and self._feeds is not None
         await self._monitor.unwatch(replica_id)
         await self._feeds.stop(replica_id)
         logger.info("fleetserve router: removed replica %s (%s)", replica_id, replica.url)
         return replica
 
+    def ejection_of(self, replica: Replica) -> asyncio.Event:
+        """Set when the replica is next ejected: requests still waiting on it then move elsewhere."""
+        event = self._ejections.get(replica.replica_id)
+        if event is None:
+            event = self._ejections[replica.replica_id] = asyncio.Event()
+        return event
+
     def _health_changed(self, replica: Replica, change: str) -> None:
         if change == "ejected":
+            self._ejections.pop(replica.replica_id, asyncio.Event()).set()
             self.metrics.ejections.labels(replica.replica_id).inc()
             if replica.kv_feed != "streaming":
                 self.index.clear(replica.replica_id)  # it may come back empty; a feed would tell, this cannot

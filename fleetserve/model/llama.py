@@ -6,6 +6,7 @@ Hugging Face implementation (norms in fp32, rotary in the model dtype) so greedy
 from __future__ import annotations
 
 import math
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ class LlamaModel(nn.Module):
         self.register_buffer("sin", freqs.sin().to(dtype=dtype, device=device), persistent=False)
         self.weights: dict[str, torch.Tensor] = {}
 
-    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+    def load_weights(self, tensors: Mapping[str, torch.Tensor]) -> None:
         """Take Hugging Face-named tensors and keep them fused, in the run dtype, on the device."""
         c = self.config
 
@@ -67,7 +68,8 @@ class LlamaModel(nn.Module):
         def take(name: str) -> torch.Tensor:
             if name not in tensors:
                 raise KeyError(f"the checkpoint has no tensor {name!r}")
-            return tensors[name].to(dtype=self.dtype, device=self.device).contiguous()
+            # A copy: a view would pin the whole memory-mapped checkpoint in the process.
+            return tensors[name].to(dtype=self.dtype, device=self.device, copy=True).contiguous()
 
         w = {"embed": take("model.embed_tokens.weight"), "norm": take("model.norm.weight")}
         w["lm_head"] = w["embed"] if c.tie_word_embeddings or "lm_head.weight" not in tensors else take("lm_head.weight")

@@ -127,12 +127,28 @@ def convert_gguf(gguf_path: Path, root: Path) -> Path:
     return target
 
 
-def load_tensors(folder: Path) -> dict:
-    from safetensors.torch import load_file
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelNotFoundError(f"no .safetensors files in {folder}")
-    tensors: dict = {}
-    for file in files:
-        tensors.update(load_file(str(file)))
-    return tensors
+class TensorSource:
+    """Reads checkpoint tensors one at a time, so loading never holds the whole checkpoint twice."""
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise ModelNotFoundError(f"no .safetensors files in {folder}")
+        self.handles = [safe_open(str(f), framework="pt") for f in files]
+        self.where = {name: h for h in self.handles for name in h.keys()}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.where
+
+    def __getitem__(self, name: str):
+        return self.where[name].get_tensor(name)
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed during loading back to the OS (glibc otherwise keeps it in the process)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

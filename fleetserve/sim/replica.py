@@ -20,24 +20,11 @@ from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import Request
 from fleetserve.engine.scheduler import Scheduler, SchedulerOutput
 from fleetserve.fleet.replicas import Replica
-from fleetserve.perf.model import PerfModel, StepShape
+from fleetserve.perf.model import PerfModel
+from fleetserve.perf.step_shape import shape_of
 from fleetserve.sim.config import ReplicaConfig, SimOptions
-from fleetserve.sim.segment import DecodeSegment, apply_segment, plan_segment
+from fleetserve.sim.segment import Segment, apply_segment, plan_segment
 from fleetserve.sim.tracked import TrackedRequest
-
-
-def step_shape(out: SchedulerOutput) -> StepShape:
-    """The work in a scheduled step; a one-token item is a decode, as the model runner batches it."""
-    prefill_tokens = decode_seqs = context = prefill_seqs = 0
-    for item in out.scheduled:
-        tokens = item.num_tokens
-        context += item.start + tokens
-        if tokens == 1:
-            decode_seqs += 1
-        else:
-            prefill_tokens += tokens
-            prefill_seqs += 1
-    return StepShape(prefill_tokens, decode_seqs, context, prefill_seqs)
 
 
 class SimReplica:
@@ -60,13 +47,14 @@ class SimReplica:
         self.tracked: dict[str, TrackedRequest] = {}
         self.inbox: list[TrackedRequest] = []
         self.pending: SchedulerOutput | None = None
-        self.segment: DecodeSegment | None = None
+        self.segment: Segment | None = None
         self.step_start = 0.0
         self.busy_until: float | None = None  # end of the step or segment in progress; None when idle
         self.num_steps = 0
         self.num_full_steps = 0
         self.num_segments = 0
         self.busy_s = 0.0
+        self.preemptions: list[tuple[float, str]] = []  # (step start, request id), in order
 
     @property
     def max_model_len(self) -> int:
@@ -135,12 +123,14 @@ class SimReplica:
                 self.busy_until = segment.extend(self)
                 return self.busy_until
         out = self.scheduler.schedule()
+        for request in out.preempted:
+            self.preemptions.append((now, request.request_id))
         if out.is_empty:
             self.busy_until = None
             return None
         self.pending = out
         self.step_start = now
-        self.busy_until = now + self.perf.step_time(step_shape(out))
+        self.busy_until = now + self.perf.step_time(shape_of(out))
         return self.busy_until
 
     def _end_step(self, now: float) -> None:

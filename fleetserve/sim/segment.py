@@ -1,19 +1,23 @@
-"""Decode skipping: a run of steps in which every running request decodes one token, advanced at once.
+"""Step skipping: a run of steps in which every running request but the newest decodes one token, and the
+newest may be prefilling its prompt chunk by chunk, advanced at once.
 
 While no request arrives, none finishes, none is waiting to be admitted and the KV cache has blocks to
-spare, each engine step is the same: every running request gets one token, in running order. A segment
-is such a run, planned from the scheduler's state when it begins and ended early (after the step in
-progress) when a request arrives. Applying it does to the Scheduler and KVCacheManager what that many
-steps would: the same block allocations (all before any release, as within the steps), the same
-computed-token counts and outputs, the same prefix-cache entries, and the finishing requests ended in
+spare, the scheduler builds the same kind of step over and over: one token for each decoding request, in
+running order, and the rest of the token budget for the prefilling request at the end of the running list
+(the newest: at most one request is part-way through its prompt when prefill chunks are not capped
+per request). A segment is such a run, planned from the scheduler's state when it begins and ended early
+(after the step in progress) when a request arrives. It stops where the prefill completes (its last
+chunk samples the first token) or a request finishes. Applying it does to the Scheduler and
+KVCacheManager what those steps would: the same block allocations (all before any release, as within the
+steps), computed-token counts, outputs and prefix-cache entries, and the finishing requests ended in
 running order, so everything after it is the same as stepping token by token.
 
-A segment is refused, and the step simulated in full, when a step would do anything else: a request
-still in prefill, one that could be admitted (a waiting request and a free sequence slot), more running
-requests than the token budget, or too few free KV blocks for even one step (the scheduler preempts).
+A segment is refused, and the step simulated in full, when a step would do anything else: admit a
+request (one waiting and a free sequence slot), leave a decode out of the batch (more decodes than the
+token budget), or run out of KV blocks within one step (the scheduler preempts).
 
-Step end times are computed `CHUNK_STEPS` at a time: the replica wakes at the end of each chunk only to
-compute the next, so a long segment cut short by an arrival does not pay for steps it never ran.
+Pure decode step times are computed `CHUNK_STEPS` at a time: the replica wakes at the end of each chunk
+only to compute the next, so a long segment cut short by an arrival does not pay for steps it never ran.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from bisect import bisect_right
 from typing import TYPE_CHECKING
 
 from fleetserve.engine.request import RequestStatus
+from fleetserve.perf.model import StepShape
 from fleetserve.sim.step_times import decode_step_ends
 from fleetserve.sim.tracked import TrackedRequest
 
@@ -28,28 +33,74 @@ if TYPE_CHECKING:
     from fleetserve.sim.replica import SimReplica
 
 CHUNK_STEPS = 64
+NEVER = 1 << 62
 
 
-class DecodeSegment:
-    __slots__ = ("start", "tracked", "steps_left", "steps", "ends", "first_context")
+class TrailingPrefill:
+    """The newest running request, computing `chunks[i]` prompt tokens at step i. With `completes`, the last
+    chunk reaches the end of its known tokens, so that step samples a token, and from the next step on it
+    decodes like the others; `steps_left` counts the steps until it finishes (NEVER if not in reach)."""
+    __slots__ = ("tracked", "computed", "chunks", "completes", "steps_left")
+
+    def __init__(self, tracked: TrackedRequest, computed: int, chunks: list[int], completes: bool,
+                 steps_left: int) -> None:
+        self.tracked = tracked
+        self.computed = computed
+        self.chunks = chunks
+        self.completes = completes
+        self.steps_left = steps_left
+
+    def tokens_through(self, steps: int) -> int:
+        """Tokens it has computed after `steps` steps of the segment."""
+        prefill_steps = len(self.chunks)
+        if steps <= prefill_steps:
+            return sum(self.chunks[:steps])
+        return sum(self.chunks) + steps - prefill_steps
+
+
+class Segment:
+    __slots__ = ("start", "tracked", "steps_left", "steps", "ends", "first_context", "prefill")
 
     def __init__(self, start: float, tracked: list[TrackedRequest], steps_left: list[int], steps: int,
-                 first_context: int) -> None:
+                 first_context: int, prefill: TrailingPrefill | None) -> None:
         self.start = start
-        self.tracked = tracked
-        self.steps_left = steps_left  # per request: steps until it finishes
+        self.tracked = tracked  # the decoding requests, in running order
+        self.steps_left = steps_left  # per decoding request: steps until it finishes
         self.steps = steps  # steps to apply
-        self.first_context = first_context  # context tokens of the first step
+        self.first_context = first_context  # the decoding requests' context tokens in the first step
+        self.prefill = prefill
         self.ends: list[float] = []  # end time of each step computed so far
 
     def extend(self, replica: SimReplica) -> float:
-        """Compute the next chunk of step end times; returns the time to wake up at."""
+        """Compute the next step end times; returns the time to wake up at."""
+        prefill = self.prefill
         done = len(self.ends)
+        if prefill is not None and done < len(prefill.chunks):
+            self.ends = self._prefill_step_ends(replica)
+            return self.ends[-1]
+        decodes = len(self.tracked)
+        first_context = self.first_context + done * decodes
+        if prefill is not None:  # past its prompt, the newest request decodes too
+            first_context += prefill.computed + prefill.tokens_through(done) + 1
+            decodes += 1
         count = min(CHUNK_STEPS, self.steps - done)
-        n = len(self.tracked)
         start = self.ends[-1] if self.ends else self.start
-        self.ends.extend(decode_step_ends(replica.perf, start, n, self.first_context + done * n, count))
+        self.ends.extend(decode_step_ends(replica.perf, start, decodes, first_context, count))
         return self.ends[-1]
+
+    def _prefill_step_ends(self, replica: SimReplica) -> list[float]:
+        prefill = self.prefill
+        assert prefill is not None
+        decodes = len(self.tracked)
+        step_time = replica.perf.step_time
+        now, prefill_context, ends = self.start, prefill.computed, []
+        for step, chunk in enumerate(prefill.chunks[:self.steps]):
+            prefill_context += chunk
+            context = self.first_context + step * decodes + prefill_context
+            shape = (StepShape(chunk, decodes, context, 1) if chunk > 1 else StepShape(0, decodes + 1, context))
+            now += step_time(shape)
+            ends.append(now)
+        return ends
 
     @property
     def complete(self) -> bool:
@@ -69,22 +120,26 @@ class DecodeSegment:
         return True
 
 
-def plan_segment(replica: SimReplica, now: float) -> DecodeSegment | None:
+def plan_segment(replica: SimReplica, now: float) -> Segment | None:
     scheduler, kv = replica.scheduler, replica.kv
     running = scheduler.running
     n = len(running)
     config = scheduler.config
-    if n == 0 or n > config.max_num_batched_tokens or (scheduler.waiting and n < config.max_num_seqs):
+    if n == 0 or (scheduler.waiting and n < config.max_num_seqs):
         return None
-    newest = running[-1]  # the likeliest to be in prefill still
-    if len(newest.prompt_token_ids) + len(newest.output_token_ids) - newest.num_computed_tokens != 1:
+    budget = config.max_num_batched_tokens
+    newest = running[-1]
+    newest_left = len(newest.prompt_token_ids) + len(newest.output_token_ids) - newest.num_computed_tokens
+    decoding = running if newest_left == 1 else running[:-1]
+    decodes = len(decoding)
+    if decodes > budget or (newest_left > 1 and decodes == budget):
         return None
     max_len = config.max_model_len
-    steps = 1 << 30
+    steps = NEVER
     context = 0
     computed: list[int] = []
     steps_left: list[int] = []
-    for request in running:
+    for request in decoding:
         done = request.num_computed_tokens
         outputs = len(request.output_token_ids)
         total = len(request.prompt_token_ids) + outputs
@@ -99,38 +154,73 @@ def plan_segment(replica: SimReplica, now: float) -> DecodeSegment | None:
         computed.append(done)
         steps_left.append(left)
     tables = kv.tables
-    block_size = kv.block_size
-    have = [len(tables[request.request_id]) for request in running]
-    free = kv.num_free_blocks
-    if _blocks_needed(computed, have, steps, block_size) > free:
-        steps = _most_steps_that_fit(computed, have, steps, block_size, free)
-        if steps == 0:
-            return None
+    have = [len(tables[request.request_id]) for request in decoding]
     by_id = replica.tracked
-    return DecodeSegment(now, [by_id[request.request_id] for request in running], steps_left, steps, context + n)
+    prefill = None
+    if newest_left > 1:
+        prefill = _trailing_prefill(by_id[newest.request_id], newest_left, budget - decodes,
+                                    config.long_prefill_token_threshold, steps, max_len)
+        # Past its prompt it decodes with the others, if the budget has room for one more decode.
+        decode_after = prefill.completes and decodes + 1 <= budget
+        steps = min(steps, prefill.steps_left) if decode_after else len(prefill.chunks)
+    steps = _steps_that_fit(kv, computed, have, steps, prefill, newest)
+    if steps == 0:
+        return None
+    return Segment(now, [by_id[request.request_id] for request in decoding], steps_left, steps,
+                         context + decodes, prefill)
 
 
-def _blocks_needed(computed: list[int], have: list[int], steps: int, block_size: int) -> int:
-    total = 0
-    for done, held in zip(computed, have):
-        extra = (done + steps + block_size - 1) // block_size - held
-        if extra > 0:
-            total += extra
-    return total
+def _trailing_prefill(tracked: TrackedRequest, left: int, room: int, cap: int, max_steps: int,
+                      max_len: int) -> TrailingPrefill:
+    request = tracked.request
+    if cap > 0:
+        room = min(room, cap)
+    chunks: list[int] = []
+    while left > 0 and len(chunks) < max_steps:
+        chunk = min(left, room)
+        chunks.append(chunk)
+        left -= chunk
+    completes = left == 0
+    steps_left = NEVER
+    if completes:  # its first sampled token, then one a step, until max_tokens or the context length
+        outputs = len(request.output_token_ids) + 1
+        total = len(request.prompt_token_ids) + outputs
+        after = min(request.sampling_params.max_tokens - outputs, max_len - total)
+        steps_left = len(chunks) + max(after, 0)
+    return TrailingPrefill(tracked, request.num_computed_tokens, chunks, completes, steps_left)
 
 
-def _most_steps_that_fit(computed: list[int], have: list[int], steps: int, block_size: int, free: int) -> int:
-    low, high = 0, steps  # need(low) fits, need(high) does not
+def _steps_that_fit(kv, computed: list[int], have: list[int], steps: int, prefill: TrailingPrefill | None,
+                    newest) -> int:
+    """The most steps (up to `steps`) whose new KV blocks the free blocks cover."""
+    free = kv.num_free_blocks
+    block_size = kv.block_size
+    prefill_have = len(kv.tables[newest.request_id]) if prefill is not None else 0
+
+    def needed(count: int) -> int:
+        total = 0
+        for done, held in zip(computed, have):
+            extra = (done + count + block_size - 1) // block_size - held
+            if extra > 0:
+                total += extra
+        if prefill is not None:
+            tokens = prefill.computed + prefill.tokens_through(count)
+            total += max(0, (tokens + block_size - 1) // block_size - prefill_have)
+        return total
+
+    if needed(steps) <= free:
+        return steps
+    low, high = 0, steps  # needed(low) fits, needed(high) does not
     while high - low > 1:
         middle = (low + high) // 2
-        if _blocks_needed(computed, have, middle, block_size) <= free:
+        if needed(middle) <= free:
             low = middle
         else:
             high = middle
     return low
 
 
-def apply_segment(replica: SimReplica, segment: DecodeSegment) -> None:
+def apply_segment(replica: SimReplica, segment: Segment) -> None:
     """Advance the scheduler's state over the segment's steps and record the tokens they produced."""
     kv, scheduler, router = replica.kv, replica.scheduler, replica.router
     steps = segment.steps
@@ -147,7 +237,7 @@ def apply_segment(replica: SimReplica, segment: DecodeSegment) -> None:
         done = request.num_computed_tokens
         now_done = done + steps
         if now_done > len(tables[request.request_id]) * block_size and not kv.allocate_slots(request, steps):
-            raise AssertionError(f"decode segment planned without the KV blocks for {request.request_id}")
+            raise AssertionError(f"segment planned without the KV blocks for {request.request_id}")
         request.num_computed_tokens = now_done
         request.output_token_ids.extend(dummies)
         if now_done // block_size > done // block_size:
@@ -161,9 +251,36 @@ def apply_segment(replica: SimReplica, segment: DecodeSegment) -> None:
         progress(tracked.ticket, steps)
         if left == steps:
             finishing.append(tracked)
+    if segment.prefill is not None and _apply_prefill(replica, segment.prefill, steps, ends):
+        finishing.append(segment.prefill.tracked)
     replica.count_steps(steps, last - segment.start)
     if finishing:
         scheduler.finish_requests([tracked.request.request_id for tracked in finishing],
                                   RequestStatus.FINISHED_LENGTH)
         for tracked in finishing:
             replica.complete(tracked, last)
+
+
+def _apply_prefill(replica: SimReplica, prefill: TrailingPrefill, steps: int, ends: list[float]) -> bool:
+    """Compute the prefill's chunks (and decodes past them) of the applied steps; True if it finishes."""
+    kv = replica.kv
+    tracked = prefill.tracked
+    request = tracked.request
+    tokens = prefill.tokens_through(steps)
+    if not kv.allocate_slots(request, tokens):
+        raise AssertionError(f"segment planned without the KV blocks for {request.request_id}")
+    request.num_computed_tokens += tokens
+    kv.cache_blocks(request, request.num_computed_tokens)
+    prefill_steps = len(prefill.chunks)
+    if steps < prefill_steps or not prefill.completes:
+        return False
+    sampled = steps - prefill_steps + 1
+    request.output_token_ids.extend([0] * sampled)
+    record = tracked.record
+    if replica.options.record_token_times:
+        record.token_times_s.extend(ends[prefill_steps - 1:steps])
+    if record.first_token_s is None:
+        record.first_token_s = ends[prefill_steps - 1]
+        replica.router.first_byte(tracked.ticket, record.first_token_s)
+    replica.router.progress(tracked.ticket, sampled)
+    return steps == prefill.steps_left

@@ -132,12 +132,16 @@ class Router(Process):
 
 class FakeBackend:
     """An OpenAI-shaped server without a model. `mode`: "ok" streams 5 events; "break" sends 2 events and
-    drops the connection; "busy" answers every generation request with 503 (but passes health checks); "not_openai" answers 404 everywhere. Records requests."""
+    drops the connection; "busy" answers every generation request with 503 (but passes health checks);
+    "hang" never answers a generation request; "not_openai" answers 404 everywhere. `health_status` is
+    what GET /health answers. Records request bodies."""
 
     def __init__(self, mode: str = "ok", name: str = "fake") -> None:
         self.mode = mode
         self.name = name
+        self.health_status = 200
         self.bodies: list[bytes] = []
+        self.released = threading.Event()
         backend = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -160,13 +164,16 @@ class FakeBackend:
                 elif self.path.startswith("/v1/models"):
                     self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
                 elif self.path == "/health":
-                    self._send(200, {"status": "ok"})
+                    self._send(backend.health_status, {"status": "ok"})
                 else:
                     self._send(404, {"detail": "Not Found"})
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 backend.bodies.append(body)
+                if backend.mode == "hang":
+                    backend.released.wait(60)
+                    return
                 if backend.mode == "busy":
                     self._send(503, {"error": {"message": "busy", "type": "service_unavailable"}})
                     return
@@ -199,5 +206,6 @@ class FakeBackend:
         self.thread.start()
 
     def close(self) -> None:
+        self.released.set()
         self.server.shutdown()
         self.server.server_close()

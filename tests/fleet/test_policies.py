@@ -171,3 +171,15 @@ def test_policy_options_reach_the_policies():
     assert make_policy("prefix", options).max_imbalance_tokens == 7
     two = make_policy("two_choice", options)
     assert (two.key_blocks, two.default_ttft_slo_ms, two.default_prefill_tokens_per_s) == (2, 300.0, 1234.0)
+
+
+def test_two_choice_stays_with_its_cached_candidate_when_moving_would_not_rescue_the_slo():
+    names = "abcd"
+    req = request(prompt_tokens=4000, block_hashes=(5,), ttft_slo_ms=500)
+    pair = [c.replica_id for c in TwoChoice().candidates(req, [replica(n) for n in names])]
+    # The candidates hold 3000 of the 4000 tokens but are queued: (1000 + 1000) / 2000 tok/s = 1 s.
+    # The idle replicas would need 4000 / 2000 = 2 s: the SLO is lost either way, so keep the cache.
+    snapshot = fleet(*(replica(n, waiting_prefill_tokens=1000 if n in pair else 0,
+                               cached_prefix_tokens=3000 if n in pair else 0, prefill_tokens_per_s=2000.0)
+                       for n in names))
+    assert TwoChoice().choose(req, snapshot) in pair

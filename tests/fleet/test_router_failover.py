@@ -57,6 +57,8 @@ def test_a_killed_replica_loses_no_unstarted_request_is_ejected_and_readmitted(r
         assert len(records) - len(failed) >= 8
         assert ejected_after <= EJECTION_LIMIT_S, f"ejected after {ejected_after:.2f}s"
         metrics = router.metrics()
+        print(f"failover: {len(failed)} streams broke mid-way, {metric_sum(metrics, 'fleetserve:router_retries_total'):.0f} "
+              f"attempts retried, ejected {ejected_after:.2f}s after the kill")
         assert metric_sum(metrics, "fleetserve:router_ejections_total") >= 1
         assert metric_sum(metrics, "fleetserve:router_stream_failures_total") == len(failed)
 

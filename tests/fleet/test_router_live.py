@@ -95,8 +95,6 @@ def test_prefix_policy_sends_a_repeated_prompt_where_it_is_cached(live_router, r
     first = httpx.post(f"{live_router.url}/v1/chat/completions", json=body, headers=headers, timeout=120)
     assert first.status_code == 200
     holder = first.headers["x-fleetserve-replica"]
-    wait_until(lambda: live_router.replicas()[holder]["reported"] is not None
-               and _indexed_blocks(live_router, holder) > 0, 10, "the KV feed to report the stored blocks")
     hits_before = metric_sum(replicas[holder].metrics(), PREFIX_HITS)
     router_hits_before = metric_sum(live_router.metrics(), "fleetserve:router_estimated_prefix_hit_tokens_total")
     second = httpx.post(f"{live_router.url}/v1/chat/completions", json=body, headers=headers, timeout=120)
@@ -104,6 +102,22 @@ def test_prefix_policy_sends_a_repeated_prompt_where_it_is_cached(live_router, r
     assert metric_sum(replicas[holder].metrics(), PREFIX_HITS) - hits_before >= 200
     router_hits = metric_sum(live_router.metrics(), "fleetserve:router_estimated_prefix_hit_tokens_total")
     assert router_hits - router_hits_before >= 200
+
+
+def test_the_kv_feed_tells_the_router_what_a_replica_cached_behind_its_back(live_router, replica_pair):
+    replica = replica_pair[1]
+    replica_id = replica.url.split("//")[1]
+    prompt = " ".join(f"Line {i} of a ledger kept by a lighthouse keeper." for i in range(24))
+    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 2, "temperature": 0}
+    blocks_before = _indexed_blocks(live_router, replica_id)
+    assert httpx.post(f"{replica.url}/v1/chat/completions", json=body, timeout=120).status_code == 200
+    wait_until(lambda: _indexed_blocks(live_router, replica_id) >= blocks_before + 10, 10,
+               "the replica's stored blocks to reach the router over its KV-event feed")
+    hits_before = metric_sum(live_router.metrics(), "fleetserve:router_estimated_prefix_hit_tokens_total")
+    routed = httpx.post(f"{live_router.url}/v1/chat/completions", json=body, timeout=120,
+                        headers={"x-fleetserve-policy": "prefix"})
+    assert routed.headers["x-fleetserve-replica"] == replica_id
+    assert metric_sum(live_router.metrics(), "fleetserve:router_estimated_prefix_hit_tokens_total") - hits_before >= 200
 
 
 def _indexed_blocks(router: Router, replica_id: str) -> float:

@@ -3,6 +3,8 @@ another replica before the first byte, a mid-stream failure ends with an error e
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import httpx
 
@@ -46,6 +48,8 @@ def test_a_mid_stream_failure_ends_with_an_error_event_and_done(start_router, fa
     response = httpx.post(f"{router.url}/v1/completions", json=STREAM_BODY, timeout=10)
     assert response.status_code == 200
     events = [block for block in response.text.split("\n\n") if block.strip()]
+    # Two whole events, the half event the replica died in is dropped, then the error and [DONE].
+    assert len(events) == 4
     assert events[0].startswith('data: {"choices"') and "broken1" in events[1]
     assert events[-1] == "data: [DONE]"
     error = json.loads(events[-2].split("data: ", 1)[1])["error"]
@@ -59,3 +63,21 @@ def test_every_replica_refusing_returns_the_last_refusal(start_router, fake_back
     response = httpx.post(f"{router.url}/v1/completions", json=STREAM_BODY, timeout=10)
     assert response.status_code == 503
     assert response.json()["error"]["message"] == "busy"
+
+
+def test_requests_waiting_on_a_replica_that_stops_answering_move_elsewhere(start_router, fake_backend):
+    hung, good = fake_backend("hang", "hung"), fake_backend(name="good")
+    router = start_router([hung.url, good.url], ["--tokenizer", "none", "--policy", "round_robin"])
+    wait_until(lambda: all(r["healthy"] for r in router.replicas().values()), 10, "both replicas healthy")
+    answers: list[httpx.Response] = []
+    sender = threading.Thread(target=lambda: answers.append(
+        httpx.post(f"{router.url}/v1/completions", json=STREAM_BODY, timeout=30)))
+    sender.start()
+    wait_until(lambda: hung.bodies, 5, "the first request to reach the hung replica")
+    stopped_answering = time.monotonic()
+    hung.health_status = 503
+    sender.join(30)
+    assert answers and answers[0].status_code == 200 and b"good0" in answers[0].content
+    assert time.monotonic() - stopped_answering < 3.0
+    metrics = router.metrics()
+    assert metrics.get(f'fleetserve:router_retries_total{{reason="ejected",replica="{hung.url.split("//")[1]}"}}') == 1

@@ -1,0 +1,185 @@
+"""`fleetserve sim`: replay a trace (or a synthetic workload, or a live run's arrivals) on a simulated fleet.
+
+Each replica runs the engine's own Scheduler and KVCacheManager on a virtual clock, with step times from a
+performance model (`--perf roofline` or a profile from `fleetserve profile`); requests are routed by the
+live router's policy objects. The summary, JSON and plots are those of `fleetserve bench serve`.
+With `--validate RUN.json` the live run's arrivals are replayed and the two summaries compared.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from fleetserve.commands.bench_arguments import _positive
+from fleetserve.fleet.policies import POLICY_NAMES
+from fleetserve.sim.config import DEFAULT_MAX_QUEUE, ReplicaConfig
+from fleetserve.workload.traces import TRACE_KINDS
+
+_DEFAULTS = ReplicaConfig()
+_SHAPING_FLAGS = ("speedup", "rate", "scale_lengths", "num_requests", "max_prompt_tokens", "max_output_tokens",
+                  "duration")
+
+
+def add_sim_arguments(p: argparse.ArgumentParser) -> None:
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--trace", help="trace file: Azure or BurstGPT CSV, or Mooncake JSONL")
+    source.add_argument("--synthetic", help="synthetic workload, e.g. 'rate=4,n=200,prompt=uniform:64:512'")
+    source.add_argument("--validate", metavar="RUN.json",
+                        help="a `bench serve --json` result: replay its requests at their live send times "
+                             "and compare the summaries")
+    p.add_argument("--requests", metavar="PATH", default=None,
+                   help="with --validate: the run's `--requests-out` log (default: the one its JSON names)")
+    p.add_argument("--trace-kind", choices=TRACE_KINDS, default=None)
+    p.add_argument("--fleet", required=True, help="hardware and counts, e.g. h100:8,l4:16 (cpu:4 for this machine)")
+    p.add_argument("--policy", choices=POLICY_NAMES, default="least_loaded", help="routing policy, as `route`")
+    p.add_argument("--max-imbalance-tokens", type=int, default=4096, help="prefix policy: hot-prefix guard")
+    p.add_argument("--ttft-slo-ms", type=float, default=None, help="two_choice policy: default TTFT SLO")
+    p.add_argument("--perf", action="append", default=None, metavar="roofline|PROFILE.json",
+                   help="performance model: 'roofline' or a `fleetserve profile` JSON (used for the hardware "
+                        "it was measured on); repeat for mixed fleets (default: roofline)")
+    p.add_argument("--model", default=None, help="model whose config.json sizes the roofline model (default: the "
+                   "profile's model, else fleetserve's default model)")
+    p.add_argument("--model-config", default=None, help="a Hugging Face config.json (or its folder) instead of --model")
+    timing = p.add_mutually_exclusive_group()
+    timing.add_argument("--speedup", type=_positive(float), default=None, help="compress the trace's time")
+    timing.add_argument("--rate", type=_positive(float, allow_inf=True), default=None,
+                        help="ignore the trace's times; Poisson arrivals at this many requests/s")
+    p.add_argument("--duration", type=_positive(float), default=None, help="keep the arrivals of the first N s")
+    p.add_argument("--num-requests", type=_positive(int), default=None, help="take the first N requests")
+    p.add_argument("--scale-lengths", type=_positive(float), default=None, help="multiply prompt and output lengths")
+    p.add_argument("--max-prompt-tokens", type=_positive(int), default=None, help="cap prompt lengths")
+    p.add_argument("--max-output-tokens", type=_positive(int), default=None, help="cap output lengths")
+    p.add_argument("--seed", type=int, default=0, help="seed for synthetic workloads and --rate")
+    p.add_argument("--slo", default=None, help="latency SLO in ms for goodput, e.g. ttft=500,tpot=50")
+    engine = p.add_argument_group("replica (the engine's scheduler settings; defaults as `fleetserve serve`)")
+    engine.add_argument("--block-size", type=_positive(int), default=_DEFAULTS.block_size)
+    engine.add_argument("--max-num-seqs", type=_positive(int), default=_DEFAULTS.max_num_seqs)
+    engine.add_argument("--max-num-batched-tokens", type=_positive(int), default=_DEFAULTS.max_num_batched_tokens)
+    engine.add_argument("--max-model-len", type=_positive(int), default=None)
+    engine.add_argument("--no-prefix-caching", action="store_true")
+    engine.add_argument("--max-queue", type=_positive(int), default=DEFAULT_MAX_QUEUE, help="waiting requests before 429")
+    p.add_argument("--no-skip", action="store_true", help="simulate every decode step (slower, same results)")
+    p.add_argument("--no-token-times", action="store_true",
+                   help="keep only first-token and end times (saves memory on huge runs; no ITL)")
+    p.add_argument("--json", default=None, help="write the result here (the `bench serve` JSON, plus `sim`)")
+    p.add_argument("--requests-out", default=None, help="write one JSON line per request here")
+    p.add_argument("--plot", default=None, help="write latency CDF and timeline PNGs into this folder")
+    p.add_argument("--label", default=None, help="name of this run in tables and plots")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from fleetserve.bench.metrics import SLO, parse_slo
+    from fleetserve.bench.report import print_summary, write_plots
+    from fleetserve.bench.serve import _prepare_output, load_workload, shape_workload, write_request_log
+    from fleetserve.fleet.policies import PolicyOptions, make_policy
+    from fleetserve.perf.hardware import parse_fleet_spec
+    from fleetserve.sim.config import ReplicaConfig, SimOptions
+    from fleetserve.sim.perf_setup import load_model_config, load_profiles, perf_models
+    from fleetserve.sim.simulate import sim_result, simulate
+    from fleetserve.sim.validate import load_live_run
+
+    console = Console(soft_wrap=True)
+    if args.validate is None and args.requests is not None:
+        raise ValueError("--requests goes with --validate")
+    if args.validate is not None:
+        given = [f"--{flag.replace('_', '-')}" for flag in _SHAPING_FLAGS if getattr(args, flag) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} cannot be used with --validate: it replays the live run's "
+                             f"requests at their send times")
+    slo = parse_slo(args.slo) if args.slo is not None else None
+    for path, is_dir in ((args.json, False), (args.requests_out, False), (args.plot, True)):
+        _prepare_output(path, is_dir)
+    fleet = parse_fleet_spec(args.fleet)
+    perf_specs = args.perf or ["roofline"]
+    profiles = load_profiles(perf_specs)
+    model_config, model_name = load_model_config(args.model, args.model_config, profiles)
+    perf = perf_models(fleet, perf_specs, model_config, profiles)
+    replica_config = ReplicaConfig(args.block_size, args.max_num_seqs, args.max_num_batched_tokens,
+                                   args.max_model_len, not args.no_prefix_caching, args.max_queue)
+    options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times)
+    policy = make_policy(args.policy, PolicyOptions(max_imbalance_tokens=args.max_imbalance_tokens,
+                                                    default_ttft_slo_ms=args.ttft_slo_ms))
+
+    live = None
+    if args.validate is not None:
+        live = load_live_run(args.validate, args.requests)
+        workload, arrivals = live.workload, live.arrivals
+        if slo is None and live.result.get("slo"):
+            slo = SLO(**live.result["slo"])
+    else:
+        workload = shape_workload(
+            load_workload(args.trace, args.synthetic, args.trace_kind, args.seed),
+            num_requests=args.num_requests, scale_lengths=args.scale_lengths,
+            max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
+            speedup=args.speedup, rate=args.rate, duration_s=args.duration, seed=args.seed)
+        arrivals = workload
+
+    console.print(f"simulating {len(workload)} requests of {workload.name} on {args.fleet} "
+                  f"({', '.join(f'{name}: {model.name}' for name, model in perf.items())}; model {model_name}; "
+                  f"policy {args.policy})")
+    sim = simulate(arrivals, fleet, perf, policy, model_config.max_position_embeddings, replica_config, options)
+    config = {"simulated": True, "label": args.label, "fleet": args.fleet, "policy": args.policy,
+              "perf": {name: model.name for name, model in perf.items()}, "perf_args": perf_specs,
+              "model": model_name, "replica": {"block_size": args.block_size, "max_num_seqs": args.max_num_seqs,
+                                               "max_num_batched_tokens": args.max_num_batched_tokens,
+                                               "max_model_len": args.max_model_len,
+                                               "prefix_caching": not args.no_prefix_caching,
+                                               "max_queue": args.max_queue},
+              "trace": args.trace, "trace_kind": args.trace_kind, "synthetic": args.synthetic,
+              "validate": args.validate, "speedup": args.speedup, "rate": args.rate, "seed": args.seed,
+              "skip_decodes": not args.no_skip, "token_times": not args.no_token_times}
+    result = sim_result(sim, workload, config, slo)
+    title = args.label or f"{workload.name} on {args.fleet} (simulated)"
+    print_summary(result, title=title, console=console)
+    _print_sim_stats(console, result["sim"])
+    if live is not None:
+        from fleetserve.sim.validate import compare_summaries
+        rows = compare_summaries(live.result, result)
+        result["validation"] = {"live_run": args.validate, "rows": rows}
+        _print_validation(console, rows)
+    if args.json:
+        import json
+        from pathlib import Path
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {args.json}")
+    if args.requests_out:
+        write_request_log(sim.records, workload, args.requests_out)
+        console.print(f"wrote {args.requests_out}")
+    if args.plot:
+        for path in write_plots(sim.records, args.plot, title=title):
+            console.print(f"wrote {path}")
+    return 0
+
+
+def _print_sim_stats(console, stats: dict) -> None:
+    for name, entry in stats["hardware"].items():
+        utilization = entry["utilization"]
+        hits = entry["prefix_cache_hit_rate"]
+        console.print(f"{name}: {entry['replicas']} replicas ({entry['perf_model']}, {entry['kv_blocks']} KV blocks "
+                      f"each), utilization {'-' if utilization is None else f'{utilization:.0%}'}, "
+                      f"{entry['preemptions']} preemptions, prefix-cache hits "
+                      f"{'-' if hits is None else f'{hits:.0%}'}, {entry['steps']} steps "
+                      f"({entry['full_steps']} in full)")
+    speed = stats["requests_per_cpu_s"]
+    console.print(f"simulated {stats['simulated_s']:.1f} s in {stats['wall_s']:.2f} s wall "
+                  f"({'-' if speed is None else f'{speed:,.0f}'} requests per CPU second)")
+
+
+def _print_validation(console, rows: list[dict]) -> None:
+    from rich.table import Table
+    table = Table(title="simulated against live (error = sim / live - 1)")
+    for column in ("metric", "live", "sim", "error"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for row in rows:
+        error = row["error"]
+        table.add_row(row["metric"], _fmt(row["live"]), _fmt(row["sim"]),
+                      "-" if error is None else f"{error:+.1%}")
+    console.print(table)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.2f}"

@@ -1,0 +1,149 @@
+"""A step-time model fitted to measurements of the real engine (`fleetserve profile`), saved as JSON.
+
+Step time = sum of coefficient * feature, with the features of a StepShape:
+- const: the fixed cost of a step (Python scheduling, kernel dispatch, reading the weights once);
+- prefill_tokens, decode_seqs: tokens through the linear layers;
+- prefill_seqs: per prefilling sequence (its logits, block tables, a chunk of attention set-up);
+- context_tokens: KV tokens read by attention;
+- attended_pairs: (query, key) pairs scored, which grow with chunk x context in prefill
+  (fleetserve.perf.roofline.attended_pairs).
+Coefficients are fitted by non-negative least squares on relative error, so the model never predicts a
+negative time and small steps (decodes, which set TPOT) weigh as much as big ones.
+
+The JSON records what the profile was measured on (hardware name, CPU or GPU model, threads, model,
+dtype, KV-cache dtype, the engine settings) and its KV capacity in tokens, which is what the simulated
+replica gets: the engine's own block count for the KV memory it was given.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from fleetserve.perf.model import StepShape
+from fleetserve.perf.roofline import attended_pairs
+
+PROFILE_FORMAT = "fleetserve-profile/1"
+
+FEATURES: dict[str, Callable[[StepShape], float]] = {
+    "const": lambda shape: 1.0,
+    "prefill_tokens": lambda shape: float(shape.prefill_tokens),
+    "decode_seqs": lambda shape: float(shape.decode_seqs),
+    "prefill_seqs": lambda shape: float(shape.num_prefill_seqs),
+    "context_tokens": lambda shape: float(shape.context_tokens),
+    "attended_pairs": attended_pairs,
+}
+
+
+@dataclass(frozen=True)
+class StepSample:
+    """One measured step: its shape and how long `engine.step()` took."""
+    prefill_tokens: int
+    decode_seqs: int
+    context_tokens: int
+    prefill_seqs: int
+    seconds: float
+
+    @property
+    def shape(self) -> StepShape:
+        return StepShape(self.prefill_tokens, self.decode_seqs, self.context_tokens, self.prefill_seqs)
+
+
+@dataclass
+class ProfiledModel:
+    coefficients: dict[str, float]
+    kv_capacity: int
+    hardware: str
+    measured_on: dict[str, Any] = field(default_factory=dict)  # cpu/gpu model, threads, model, dtypes, engine
+    samples: list[StepSample] = field(default_factory=list)
+    source: str | None = None  # the file it was loaded from
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.coefficients) - set(FEATURES))
+        if unknown:
+            raise ValueError(f"profile has unknown features {unknown}; known: {list(FEATURES)}")
+        bad = {name: value for name, value in self.coefficients.items()
+               if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0}
+        if bad:
+            raise ValueError(f"profile coefficients must be finite and >= 0, got {bad}")
+        if not isinstance(self.kv_capacity, int) or self.kv_capacity < 1:
+            raise ValueError(f"profile kv_capacity_tokens must be a positive integer, got {self.kv_capacity!r}")
+        self._weights = [(FEATURES[name], value) for name, value in self.coefficients.items() if value]
+        self.name = f"profiled/{self.hardware}"
+
+    # --- PerfModel ---------------------------------------------------------------------------------
+
+    def step_time(self, shape: StepShape) -> float:
+        if shape.is_empty:
+            return 0.0
+        return sum(value * feature(shape) for feature, value in self._weights)
+
+    def kv_capacity_tokens(self) -> int:
+        return self.kv_capacity
+
+    def decode_step_durations(self, decode_seqs: int, first_context_tokens: int, num_steps: int) -> list[float]:
+        """step_time of StepShape(0, decode_seqs, first_context_tokens + i * decode_seqs) for each step i."""
+        return [self.step_time(StepShape(0, decode_seqs, first_context_tokens + step * decode_seqs))
+                for step in range(num_steps)]
+
+    # --- fitting -------------------------------------------------------------------------------------
+
+    @classmethod
+    def fit(cls, samples: list[StepSample], kv_capacity: int, hardware: str,
+            measured_on: dict[str, Any] | None = None, features: tuple[str, ...] = tuple(FEATURES)
+            ) -> ProfiledModel:
+        from scipy.optimize import nnls
+        usable = [sample for sample in samples if sample.seconds > 0 and not sample.shape.is_empty]
+        if len(usable) < len(features):
+            raise ValueError(f"fitting {len(features)} features needs at least that many measured steps, "
+                             f"got {len(usable)}")
+        matrix = np.array([[FEATURES[name](sample.shape) for name in features] for sample in usable])
+        seconds = np.array([sample.seconds for sample in usable])
+        coefficients, _ = nnls(matrix / seconds[:, None], np.ones(len(usable)))
+        return cls(dict(zip(features, (float(c) for c in coefficients))), kv_capacity, hardware,
+                   dict(measured_on or {}), list(samples))
+
+    def fit_errors(self) -> dict[str, float]:
+        """Relative errors of the fit over its own samples: mean and max of |predicted / measured - 1|."""
+        errors = [abs(self.step_time(s.shape) / s.seconds - 1) for s in self.samples if s.seconds > 0]
+        if not errors:
+            return {"mean_relative_error": math.nan, "max_relative_error": math.nan}
+        return {"mean_relative_error": float(np.mean(errors)), "max_relative_error": float(np.max(errors))}
+
+    # --- files ---------------------------------------------------------------------------------------
+
+    def to_jsonable(self) -> dict[str, Any]:
+        return {"format": PROFILE_FORMAT, "hardware": self.hardware, "measured_on": self.measured_on,
+                "kv_capacity_tokens": self.kv_capacity, "coefficients": self.coefficients,
+                "fit": self.fit_errors(), "samples": [asdict(sample) for sample in self.samples]}
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_jsonable(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProfiledModel:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"profile not found: {path}")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{path}: not a JSON profile ({error})") from None
+        if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{path}: not a `fleetserve profile` result (format {found!r}, expected "
+                             f"{PROFILE_FORMAT!r})")
+        missing = sorted({"hardware", "kv_capacity_tokens", "coefficients"} - set(data))
+        if missing:
+            raise ValueError(f"{path}: profile lacks {missing}")
+        try:
+            samples = [StepSample(**sample) for sample in data.get("samples", [])]
+            model = cls(dict(data["coefficients"]), data["kv_capacity_tokens"], str(data["hardware"]),
+                        dict(data.get("measured_on") or {}), samples, str(path))
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
+        return model

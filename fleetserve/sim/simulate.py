@@ -1,0 +1,70 @@
+"""One simulation run, end to end: replicas for a fleet, the routing policy, the replay, and the result in
+the JSON shape of `fleetserve bench serve` (so `bench compare` and the plots take it as they are)."""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fleetserve.bench.metrics import SLO, RequestRecord
+from fleetserve.fleet.policies import Policy
+from fleetserve.perf.hardware import Hardware
+from fleetserve.perf.model import PerfModel
+from fleetserve.sim.build import build_replicas
+from fleetserve.sim.config import ReplicaConfig, SimOptions
+from fleetserve.sim.fleet import Arrival, SimFleet
+from fleetserve.sim.replica import SimReplica
+from fleetserve.workload.spec import Workload
+
+
+@dataclass
+class SimulationRun:
+    records: list[RequestRecord]
+    replicas: list[SimReplica]
+    simulated_s: float
+    wall_s: float
+    cpu_s: float
+
+    def stats(self) -> dict[str, Any]:
+        """Per hardware: replicas, perf model, steps (simulated, in full, as decode segments), preemptions,
+        utilization (busy time over the simulated span), prefix-cache hit rate; and the simulator's speed."""
+        by_hardware: dict[str, list[SimReplica]] = defaultdict(list)
+        for replica in self.replicas:
+            by_hardware[replica.hardware_name].append(replica)
+        hardware = {}
+        for name, group in by_hardware.items():
+            queried = sum(r.kv.prefix_cache_queries for r in group)
+            hardware[name] = {
+                "replicas": len(group), "perf_model": group[0].perf.name, "kv_blocks": group[0].kv.num_blocks,
+                "steps": sum(r.num_steps for r in group), "full_steps": sum(r.num_full_steps for r in group),
+                "decode_segments": sum(r.num_segments for r in group),
+                "preemptions": sum(r.scheduler.num_preemptions for r in group),
+                "utilization": (sum(r.busy_s for r in group) / (len(group) * self.simulated_s)
+                                if self.simulated_s > 0 else None),
+                "prefix_cache_hit_rate": sum(r.kv.prefix_cache_hits for r in group) / queried if queried else None,
+            }
+        return {"hardware": hardware, "simulated_s": self.simulated_s, "wall_s": self.wall_s, "cpu_s": self.cpu_s,
+                "requests_per_cpu_s": len(self.records) / self.cpu_s if self.cpu_s > 0 else None}
+
+
+def simulate(arrivals: list[Arrival] | Workload, fleet: list[tuple[Hardware, int]],
+             perf_by_hardware: Mapping[str, PerfModel], policy: Policy, model_max_len: int,
+             config: ReplicaConfig | None = None, options: SimOptions | None = None) -> SimulationRun:
+    if not len(arrivals):
+        raise ValueError("nothing to simulate: the workload has no requests")
+    replicas = build_replicas(fleet, perf_by_hardware, config or ReplicaConfig(), model_max_len, options)
+    sim = SimFleet(replicas, policy)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    records = sim.run(arrivals)
+    return SimulationRun(records, replicas, sim.clock, time.perf_counter() - started,
+                         time.process_time() - cpu_started)
+
+
+def sim_result(run: SimulationRun, workload: Workload, config: dict[str, Any], slo: SLO | None) -> dict[str, Any]:
+    """The `bench serve` result dict (summary, not_sent, config, workload) plus `sim`: the run's stats."""
+    from fleetserve.bench.serve import build_result
+    result = build_result(run.records, workload, config, slo)
+    result["sim"] = run.stats()
+    return result

@@ -1,0 +1,36 @@
+import pytest
+
+from fleetserve.perf.hardware import CATALOG
+from fleetserve.perf.model import StepShape
+from fleetserve.perf.profiled import ProfiledModel
+from fleetserve.perf.roofline import RooflineModel
+from fleetserve.sim.step_times import decode_step_durations, decode_step_ends
+
+from sim_helpers import LinearPerf
+
+
+@pytest.mark.parametrize("hardware", ["h100", "l4", "cpu"])
+@pytest.mark.parametrize("seqs", [1, 7, 64, 256])
+def test_roofline_decode_runs_equal_step_time_exactly(llama3_8b, hardware, seqs):
+    model = RooflineModel(llama3_8b, CATALOG[hardware])
+    first = seqs * 300 + 5
+    expected = [model.step_time(StepShape(0, seqs, first + i * seqs)) for i in range(50)]
+    assert decode_step_durations(model, seqs, first, 50) == expected
+
+
+def test_profiled_and_generic_models_equal_step_time():
+    profiled = ProfiledModel({"const": 0.02, "decode_seqs": 1e-3, "context_tokens": 2e-6,
+                              "attended_pairs": 1e-8}, 1000, "cpu")
+    linear = LinearPerf()
+    for model in (profiled, linear):
+        expected = [model.step_time(StepShape(0, 5, 600 + i * 5)) for i in range(10)]
+        assert decode_step_durations(model, 5, 600, 10) == expected
+
+
+def test_ends_accumulate_like_a_loop():
+    model = LinearPerf()
+    now, expected = 1.5, []
+    for i in range(20):
+        now += model.step_time(StepShape(0, 3, 30 + 3 * i))
+        expected.append(now)
+    assert decode_step_ends(model, 1.5, 3, 30, 20) == expected
