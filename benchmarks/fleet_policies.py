@@ -207,7 +207,7 @@ def main() -> int:
     parser.add_argument("--azure-scale", type=float, default=1 / 8)
     parser.add_argument("--azure-speedup", type=float, default=1.0)
     parser.add_argument("--azure-slo-ms", type=float, default=2000)
-    parser.add_argument("--overhead-requests", type=int, default=16)
+    parser.add_argument("--overhead-requests", type=int, default=48)
     parser.add_argument("--overhead-rounds", type=int, default=2)
     args = parser.parse_args()
     args.policies = [p for p in args.policies.split(",") if p]

@@ -25,7 +25,8 @@ def add_offline_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="write the results here")
 
 
-@command("serve", "the OpenAI-compatible HTTP server over one engine", "fleetserve.commands.serve:run")
+@command("serve", "the OpenAI-compatible HTTP server over one engine (--replicas N: N engines behind a router)",
+         "fleetserve.commands.serve:run")
 def _serve(p: argparse.ArgumentParser) -> None:
     from fleetserve.commands.serve import add_serve_arguments
     add_engine_arguments(p)

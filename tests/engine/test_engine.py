@@ -28,6 +28,7 @@ def test_greedy_matches_transformers_alone(llm, chat_prompts, hf_greedy):
         assert llm.generate([prompt], GREEDY_32)[0].token_ids == expected
 
 
+@pytest.mark.slow
 def test_greedy_matches_transformers_when_batched(llm, chat_prompts, hf_greedy):
     results = llm.generate(chat_prompts, GREEDY_32)
     assert [r.token_ids for r in results] == hf_greedy
@@ -47,11 +48,13 @@ def test_prefix_cache_hit_gives_the_same_tokens(llm, chat_prompts, plain_run):
     assert [r.token_ids for r in again] == plain_run
 
 
+@pytest.mark.slow
 def test_chunked_prefill_gives_the_same_tokens(chat_prompts, plain_run):
     small = LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory="64MiB", max_num_batched_tokens=7, enable_prefix_caching=False)
     assert [r.token_ids for r in small.generate(chat_prompts, GREEDY_32)] == plain_run
 
 
+@pytest.mark.slow
 def test_preemption_gives_the_same_tokens(chat_prompts, plain_run):
     longest = max(len(p) for p in chat_prompts) + 32
     block_bytes = 16 * 2 * 30 * 3 * 64 * 4
