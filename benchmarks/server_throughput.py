@@ -57,7 +57,7 @@ async def load(url: str, model: str, workload, concurrency: int, extra: dict) ->
         while queue:
             _, request = queue.pop(0)
             body = {"model": model, "prompt": request.prompt_text, "max_tokens": request.output_len,
-                    "temperature": 0, "stream": True, **extra}
+                    "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, **extra}
             tokens = 0
             async with client.stream("POST", url + "/v1/completions", json=body) as response:
                 if response.status_code != 200:
@@ -134,7 +134,9 @@ def main() -> None:
         from fleetserve.model.loader import default_gguf_path
         port = free_port()
         peer = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(default_gguf_path()),
-                                 "--n_ctx", "4096", "--n_threads", str(os.cpu_count()), "--port", str(port)],
+                                 "--n_ctx", "4096", "--n_threads", str(os.cpu_count()), "--port", str(port),
+                                 # by default a new request cancels the one streaming; queue them instead
+                                 "--interrupt_requests", "False"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         url = f"http://127.0.0.1:{port}"
         try:
