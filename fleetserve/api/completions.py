@@ -36,6 +36,12 @@ def tokenize_prompts(state: ServerState, prompts: list[str | list[int]], echo: b
         if isinstance(prompt, str):
             tokenized.append((state.tokenizer.encode(prompt), prompt if echo else ""))
         else:
+            if echo:
+                # Decoding comes before the engine's own checks, so an id it cannot decode is refused here.
+                vocab = state.tokenizer.vocab_size
+                bad = next((t for t in prompt if not 0 <= t < vocab), None)
+                if bad is not None:
+                    raise bad_request(f"prompt token id {bad} is outside the vocabulary [0, {vocab})", "prompt")
             tokenized.append((list(prompt), state.tokenizer.decode(list(prompt)) if echo else ""))
     return tokenized
 

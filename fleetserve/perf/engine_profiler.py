@@ -108,9 +108,7 @@ class EngineProfiler:
                 engine.step()
                 seconds = time.perf_counter() - started
                 if step:  # the first step settles one-off costs (hashing the placed blocks, allocations)
-                    shape = shape_of(built[-1])
-                    samples.append(StepSample(shape.prefill_tokens, shape.decode_seqs, shape.context_tokens,
-                                              shape.prefill_seqs, seconds))
+                    samples.append(StepSample.of(shape_of(built[-1]), seconds))
                 if prefill is not None:
                     engine.abort_request(prefill.request_id)
                     placed.remove(prefill)

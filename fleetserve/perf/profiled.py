@@ -1,12 +1,14 @@
 """A step-time model fitted to measurements of the real engine (`fleetserve profile`), saved as JSON.
 
-Step time = sum of coefficient * feature, with the features of a StepShape:
+Step time = sum of coefficient * feature, with the features of a step's shape:
 - const: the fixed cost of a step (Python scheduling, kernel dispatch, reading the weights once);
+- batched: 1 when the step has more than one token; a single row takes the matrix-vector path, far
+  cheaper than the first rows of a matrix-matrix product (on a CPU, about half the step);
 - prefill_tokens, decode_seqs: tokens through the linear layers;
 - prefill_seqs: per prefilling sequence (its logits, block tables, a chunk of attention set-up);
-- context_tokens: KV tokens read by attention;
-- attended_pairs: (query, key) pairs scored, which grow with chunk x context in prefill
-  (fleetserve.perf.roofline.attended_pairs).
+- decode_context: KV tokens the decoding sequences attend over;
+- prefill_pairs: (query, key) pairs the prefill chunks score, chunk x cached context plus the triangle.
+The last two are exact for a BatchShape (fleetserve.perf.step_shape) and estimated for a plain StepShape.
 Coefficients are fitted by non-negative least squares on relative error, so the model never predicts a
 negative time and small steps (decodes, which set TPOT) weigh as much as big ones.
 
@@ -25,17 +27,18 @@ from typing import Any, Callable
 import numpy as np
 
 from fleetserve.perf.model import StepShape
-from fleetserve.perf.roofline import attended_pairs
+from fleetserve.perf.step_shape import BatchShape, decode_context, prefill_pairs
 
 PROFILE_FORMAT = "fleetserve-profile/1"
 
 FEATURES: dict[str, Callable[[StepShape], float]] = {
     "const": lambda shape: 1.0,
+    "batched": lambda shape: 1.0 if shape.new_tokens > 1 else 0.0,
     "prefill_tokens": lambda shape: float(shape.prefill_tokens),
     "decode_seqs": lambda shape: float(shape.decode_seqs),
     "prefill_seqs": lambda shape: float(shape.num_prefill_seqs),
-    "context_tokens": lambda shape: float(shape.context_tokens),
-    "attended_pairs": attended_pairs,
+    "decode_context": decode_context,
+    "prefill_pairs": prefill_pairs,
 }
 
 
@@ -47,10 +50,21 @@ class StepSample:
     context_tokens: int
     prefill_seqs: int
     seconds: float
+    decode_context_tokens: int | None = None  # None: estimated from the totals
+    prefill_pairs: float | None = None
+
+    @classmethod
+    def of(cls, shape: StepShape, seconds: float) -> StepSample:
+        exact = isinstance(shape, BatchShape)
+        return cls(shape.prefill_tokens, shape.decode_seqs, shape.context_tokens, shape.prefill_seqs, seconds,
+                   shape.decode_context_tokens if exact else None, shape.prefill_pairs if exact else None)
 
     @property
     def shape(self) -> StepShape:
-        return StepShape(self.prefill_tokens, self.decode_seqs, self.context_tokens, self.prefill_seqs)
+        if self.decode_context_tokens is None or self.prefill_pairs is None:
+            return StepShape(self.prefill_tokens, self.decode_seqs, self.context_tokens, self.prefill_seqs)
+        return BatchShape(self.prefill_tokens, self.decode_seqs, self.context_tokens, self.prefill_seqs,
+                          self.decode_context_tokens, self.prefill_pairs)
 
 
 @dataclass

@@ -25,7 +25,7 @@ from bisect import bisect_right
 from typing import TYPE_CHECKING
 
 from fleetserve.engine.request import RequestStatus
-from fleetserve.perf.model import StepShape
+from fleetserve.perf.step_shape import mixed_shape
 from fleetserve.sim.step_times import decode_step_ends
 from fleetserve.sim.tracked import TrackedRequest
 
@@ -93,12 +93,10 @@ class Segment:
         assert prefill is not None
         decodes = len(self.tracked)
         step_time = replica.perf.step_time
-        now, prefill_context, ends = self.start, prefill.computed, []
+        now, cached, ends = self.start, prefill.computed, []
         for step, chunk in enumerate(prefill.chunks[:self.steps]):
-            prefill_context += chunk
-            context = self.first_context + step * decodes + prefill_context
-            shape = (StepShape(chunk, decodes, context, 1) if chunk > 1 else StepShape(0, decodes + 1, context))
-            now += step_time(shape)
+            now += step_time(mixed_shape(chunk, cached, decodes, self.first_context + step * decodes))
+            cached += chunk
             ends.append(now)
         return ends
 

@@ -178,3 +178,11 @@ def test_unknown_fields_are_ignored_and_the_server_is_healthy(http):
                                      "max_tokens": 2, "frobnicate": True, "metadata": {"a": 1}})
     assert response.status_code == 200, response.text
     assert http.get("/health").status_code == 200
+
+
+def test_echo_of_an_out_of_vocabulary_token_id_is_a_400(server):
+    """Found by the schemathesis run: {"prompt": [-1], "echo": true} used to crash the echo decode (500)."""
+    import httpx
+    response = httpx.post(server.base_url + "/v1/completions", json={"prompt": [-1], "echo": True, "max_tokens": 2})
+    assert response.status_code == 400
+    assert "-1" in response.json()["error"]["message"] and response.json()["error"]["param"] == "prompt"

@@ -67,7 +67,8 @@ def keep_generation_small(body: object) -> None:
 
 @pytest.mark.slow
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same bounded set of cases every run, so CI is repeatable; widen MAX_EXAMPLES locally.
+@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 def test_no_server_errors(case, server):
     keep_generation_small(case.body)
     response = case.call(base_url=server.base_url, timeout=120)

@@ -5,22 +5,22 @@ import pytest
 
 from fleetserve.perf.model import PerfModel, StepShape
 from fleetserve.perf.profiled import PROFILE_FORMAT, ProfiledModel, StepSample
+from fleetserve.perf.step_shape import mixed_shape
 
-TRUE = {"const": 0.02, "prefill_tokens": 3e-4, "decode_seqs": 1.5e-3, "prefill_seqs": 4e-3,
-        "context_tokens": 2e-6, "attended_pairs": 5e-9}
+TRUE = {"const": 0.02, "batched": 0.03, "prefill_tokens": 3e-4, "decode_seqs": 1.5e-3, "prefill_seqs": 4e-3,
+        "decode_context": 2e-6, "prefill_pairs": 5e-9}
 
 
 def shapes() -> list[StepShape]:
     grid = [StepShape(0, seqs, seqs * (ctx + 1)) for seqs in (1, 4, 16, 64) for ctx in (64, 512, 1024)]
     grid += [StepShape(chunk, 0, chunk + ctx, 1) for chunk in (32, 128, 512) for ctx in (0, 1024)]
-    grid += [StepShape(256, 8, 256 + 8 * 513, 1), StepShape(448, 32, 448 + 1024 + 32 * 513, 1)]
+    grid += [mixed_shape(256, 0, 8, 8 * 513), mixed_shape(448, 1024, 32, 32 * 513), mixed_shape(64, 256, 63, 63 * 600)]
     return grid
 
 
 def test_fit_recovers_the_coefficients_of_noiseless_steps():
     truth = ProfiledModel(TRUE, 10_000, "cpu")
-    samples = [StepSample(s.prefill_tokens, s.decode_seqs, s.context_tokens, s.prefill_seqs, truth.step_time(s))
-               for s in shapes()]
+    samples = [StepSample.of(shape, truth.step_time(shape)) for shape in shapes()]
     fitted = ProfiledModel.fit(samples, 10_000, "cpu", {"threads": 2})
     for name, value in TRUE.items():
         assert fitted.coefficients[name] == pytest.approx(value, rel=1e-4)

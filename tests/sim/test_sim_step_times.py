@@ -19,8 +19,8 @@ def test_roofline_decode_runs_equal_step_time_exactly(llama3_8b, hardware, seqs)
 
 
 def test_profiled_and_generic_models_equal_step_time():
-    profiled = ProfiledModel({"const": 0.02, "decode_seqs": 1e-3, "context_tokens": 2e-6,
-                              "attended_pairs": 1e-8}, 1000, "cpu")
+    profiled = ProfiledModel({"const": 0.02, "decode_seqs": 1e-3, "decode_context": 2e-6,
+                              "prefill_pairs": 1e-8, "batched": 0.01}, 1000, "cpu")
     linear = LinearPerf()
     for model in (profiled, linear):
         expected = [model.step_time(StepShape(0, 5, 600 + i * 5)) for i in range(10)]

@@ -16,7 +16,7 @@ from fleetserve.workload.synthetic import synthetic_workload
 
 @pytest.fixture
 def profile(tmp_path, llama3_8b):
-    model = ProfiledModel({"const": 0.03, "prefill_tokens": 4e-4, "decode_seqs": 2e-3, "context_tokens": 1e-6},
+    model = ProfiledModel({"const": 0.03, "prefill_tokens": 4e-4, "decode_seqs": 2e-3, "decode_context": 1e-6},
                           40_000, "cpu", {"model": "tiny", "model_config": llama3_8b.to_dict()})
     path = tmp_path / "profile.json"
     model.save(path)
