@@ -34,7 +34,7 @@ def chain_block_hashes(token_ids: Sequence[int], block_size: int,
     return hashes
 
 
-@dataclass
+@dataclass(slots=True)
 class KVBlock:
     block_id: int
     ref_count: int = 0
@@ -133,6 +133,25 @@ class KVCacheManager:
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        computed_blocks: Sequence[KVBlock] = ()) -> bool:
         """Reserve blocks for num_new_tokens more tokens; False (and nothing changed) if they do not fit."""
+        if computed_blocks:
+            return self._allocate_with_prefix(request, num_new_tokens, computed_blocks)
+        # The common case (no prefix hit), inlined: the simulator calls this for every request of a fleet.
+        table = self.tables.get(request.request_id)
+        num_new = -(-(request.num_computed_tokens + num_new_tokens) // self.block_size)
+        if table is None:
+            if num_new > len(self.free_queue):
+                return False
+            table = self.tables[request.request_id] = []
+        else:
+            num_new -= len(table)
+            if num_new > len(self.free_queue):
+                return False
+        if num_new > 0:
+            self._pop_free_blocks(table, num_new)
+        return True
+
+    def _allocate_with_prefix(self, request: Request, num_new_tokens: int,
+                              computed_blocks: Sequence[KVBlock]) -> bool:
         num_new = self._num_new_blocks(request, num_new_tokens, computed_blocks)
         if num_new > self._allocatable(computed_blocks):
             return False
@@ -142,43 +161,53 @@ class KVCacheManager:
                 del self.free_queue[block.block_id]
             block.ref_count += 1
             table.append(block)
-        if computed_blocks:
-            self.num_cached_blocks[request.request_id] = len(table)
-        for _ in range(num_new):
-            table.append(self._pop_free_block())
+        self.num_cached_blocks[request.request_id] = len(table)
+        if num_new > 0:
+            self._pop_free_blocks(table, num_new)
         return True
 
-    def _pop_free_block(self) -> KVBlock:
-        _, block = self.free_queue.popitem(last=False)
-        if block.block_hash is not None:
-            if self.cached.get(block.block_hash) is block:
-                del self.cached[block.block_hash]
-                if self.record_events:
-                    self.events.append(KVEvent("removed", [block.block_hash]))
-            block.block_hash = None
-        block.ref_count = 1
-        return block
+    def _pop_free_blocks(self, table: list[KVBlock], count: int) -> None:
+        """Move `count` blocks from the eviction end of the free queue to `table`, evicting their hashes."""
+        popitem = self.free_queue.popitem
+        cached = self.cached
+        append = table.append
+        for _ in range(count):
+            block = popitem(False)[1]
+            block_hash = block.block_hash
+            if block_hash is not None:
+                if cached.get(block_hash) is block:
+                    del cached[block_hash]
+                    if self.record_events:
+                        self.events.append(KVEvent("removed", [block_hash]))
+                block.block_hash = None
+            block.ref_count = 1
+            append(block)
 
     def cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
         """Publish the request's blocks that are full and computed, so later requests can reuse them."""
         if not self.enable_prefix_caching:
             return
-        table = self.tables.get(request.request_id)
+        request_id = request.request_id
+        table = self.tables.get(request_id)
         if not table:
             return
-        start = self.num_cached_blocks.get(request.request_id, 0)
-        end = min(num_computed_tokens // self.block_size, len(table))
+        start = self.num_cached_blocks.get(request_id, 0)
+        end = num_computed_tokens // self.block_size
+        if end > len(table):
+            end = len(table)
         if end <= start:
             return
-        hashes = self.request_block_hashes(request)
+        hashes = request.block_hashes
+        if len(hashes) < end:
+            hashes = self.request_block_hashes(request)
+        cached = self.cached
         stored: list[BlockHash] = []
-        for i in range(start, end):
-            block, block_hash = table[i], hashes[i]
-            if block.block_hash is None and block_hash not in self.cached:
+        for block, block_hash in zip(table[start:end], hashes[start:end]):
+            if block.block_hash is None and block_hash not in cached:
                 block.block_hash = block_hash
-                self.cached[block_hash] = block
+                cached[block_hash] = block
                 stored.append(block_hash)
-        self.num_cached_blocks[request.request_id] = end
+        self.num_cached_blocks[request_id] = end
         if stored and self.record_events:
             parent = hashes[start - 1] if start > 0 else None
             self.events.append(KVEvent("stored", stored, parent, len(stored) * self.block_size))
@@ -189,14 +218,15 @@ class KVCacheManager:
         self.num_cached_blocks.pop(request.request_id, None)
         if not table:
             return
+        free_queue = self.free_queue
+        move_to_end = free_queue.move_to_end
         for block in reversed(table):
             block.ref_count -= 1
             if block.ref_count == 0:
+                block_id = block.block_id
+                free_queue[block_id] = block
                 if block.block_hash is None:
-                    self.free_queue[block.block_id] = block
-                    self.free_queue.move_to_end(block.block_id, last=False)
-                else:
-                    self.free_queue[block.block_id] = block
+                    move_to_end(block_id, False)
 
     def reset_prefix_cache(self) -> None:
         for block in self.blocks:

@@ -23,7 +23,7 @@ class SchedulerConfig:
     long_prefill_token_threshold: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class ScheduledRequest:
     request: Request
     num_tokens: int
@@ -79,26 +79,33 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
+        scheduled = out.scheduled
         budget = self.config.max_num_batched_tokens
-        scheduled_ids: set[str] = set()
+        cap = self.config.long_prefill_token_threshold
+        allocate_slots = self.kv_cache.allocate_slots
+        running = self.running
 
+        # Plain locals and inlined arithmetic: the simulator runs this loop for every step of 64 replicas.
         i = 0
-        while i < len(self.running) and budget > 0:
-            request = self.running[i]
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            num_new = self._cap_prefill(num_new)
+        while i < len(running) and budget > 0:
+            request = running[i]
+            computed = request.num_computed_tokens
+            num_new = len(request.prompt_token_ids) + len(request.output_token_ids) - computed
+            if num_new > budget:
+                num_new = budget
+            if 0 < cap < num_new:
+                num_new = cap
             if num_new <= 0:
                 i += 1
                 continue
-            while not self.kv_cache.allocate_slots(request, num_new):
-                victim = self.running.pop()
+            while not allocate_slots(request, num_new):
+                victim = running.pop()
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is request:
                     break
             else:
-                out.scheduled.append(ScheduledRequest(request, num_new, request.num_computed_tokens))
-                scheduled_ids.add(request.request_id)
+                scheduled.append(ScheduledRequest(request, num_new, computed))
                 budget -= num_new
                 i += 1
                 continue
@@ -139,17 +146,25 @@ class Scheduler:
     def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
         """Advance computed-token counts, append sampled tokens, and finish requests; returns the finished."""
         finished: list[Request] = []
+        cache_blocks = self.kv_cache.cache_blocks
+        max_model_len = self.config.max_model_len
+        running, waiting = RequestStatus.RUNNING, RequestStatus.WAITING
         for item in out.scheduled:
             request = item.request
-            if request.is_finished or request.status == RequestStatus.PREEMPTED:
+            status = request.status
+            if status is not running and status is not waiting:  # finished or preempted since scheduled
                 continue
-            request.num_computed_tokens = item.start + item.num_tokens
-            self.kv_cache.cache_blocks(request, request.num_computed_tokens)
+            computed = item.start + item.num_tokens
+            request.num_computed_tokens = computed
+            cache_blocks(request, computed)
             token = sampled.get(request.request_id)
-            if token is None or not item.samples:
+            if token is None:
+                continue
+            num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
+            if computed < num_tokens:  # a prompt chunk short of the end samples nothing
                 continue
             request.output_token_ids.append(token)
-            if request.check_stop_after_token() or request.num_tokens >= self.config.max_model_len:
+            if request.check_stop_after_token() or num_tokens + 1 >= max_model_len:
                 if not request.is_finished:
                     request.status = RequestStatus.FINISHED_LENGTH
                 self._remove(request)
@@ -169,12 +184,17 @@ class Scheduler:
         return ended
 
     def _remove(self, request: Request) -> None:
-        if request in self.running:
-            self.running.remove(request)
-        else:
-            try:
-                self.waiting.remove(request)
-            except ValueError:
-                pass
+        # By identity: Request is a dataclass, so `in` and `remove` would compare every field of every
+        # other request; ids are unique here, so identity and equality agree.
+        if not _remove_identical(self.running, request):
+            _remove_identical(self.waiting, request)
         self.kv_cache.free(request)
         self.requests.pop(request.request_id, None)
+
+
+def _remove_identical(requests: list[Request] | deque[Request], request: Request) -> bool:
+    for index, other in enumerate(requests):
+        if other is request:
+            del requests[index]
+            return True
+    return False
