@@ -8,6 +8,7 @@ joins the next step.
 """
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -63,6 +64,19 @@ class SimFleet:
         if isinstance(arrivals, Workload):
             arrivals = workload_arrivals(arrivals)
         records: list[RequestRecord] = []
+        # The replicas' KV blocks are millions of long-lived objects; the cyclic GC would walk them all on
+        # every full collection (~15% of a large run). Freezing them takes them out of its view for the run.
+        gc.freeze()
+        try:
+            self._replay(arrivals, records)
+        finally:
+            gc.unfreeze()
+        unfinished = [record.request_id for record in records if record.end_s is None]
+        if unfinished:
+            raise RuntimeError(f"simulation ended with {len(unfinished)} requests unfinished, e.g. {unfinished[:5]}")
+        return records
+
+    def _replay(self, arrivals: Iterable[Arrival], records: list[RequestRecord]) -> None:
         last_sent = float("-inf")
         for arrival in arrivals:
             if arrival.sent_s < last_sent:
@@ -72,10 +86,6 @@ class SimFleet:
             self._advance(arrival.sent_s, inclusive=False)
             records.append(self._route(arrival))
         self._advance(float("inf"), inclusive=True)
-        unfinished = [record.request_id for record in records if record.end_s is None]
-        if unfinished:
-            raise RuntimeError(f"simulation ended with {len(unfinished)} requests unfinished, e.g. {unfinished[:5]}")
-        return records
 
     def _advance(self, until: float, inclusive: bool) -> None:
         """Run every replica wake-up before `until` (and at it, when inclusive)."""

@@ -16,8 +16,10 @@ A segment is refused, and the step simulated in full, when a step would do anyth
 request (one waiting and a free sequence slot), leave a decode out of the batch (more decodes than the
 token budget), or run out of KV blocks within one step (the scheduler preempts).
 
-Pure decode step times are computed `CHUNK_STEPS` at a time: the replica wakes at the end of each chunk
-only to compute the next, so a long segment cut short by an arrival does not pay for steps it never ran.
+Pure decode step times are computed a chunk at a time, `FIRST_CHUNK_STEPS` first and then doubling up to
+`MAX_CHUNK_STEPS`: the replica wakes at the end of each chunk only to compute the next, so a segment cut
+short by an arrival (most are, after a few steps) does not pay for steps it never ran, and a long one
+wakes only a few times.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from fleetserve.sim.tracked import TrackedRequest
 if TYPE_CHECKING:
     from fleetserve.sim.replica import SimReplica
 
-CHUNK_STEPS = 64
+FIRST_CHUNK_STEPS = 8
+MAX_CHUNK_STEPS = 512
 NEVER = 1 << 62
 
 
@@ -83,7 +86,7 @@ class Segment:
         if prefill is not None:  # past its prompt, the newest request decodes too
             first_context += prefill.computed + prefill.tokens_through(done) + 1
             decodes += 1
-        count = min(CHUNK_STEPS, self.steps - done)
+        count = min(max(FIRST_CHUNK_STEPS, min(done, MAX_CHUNK_STEPS)), self.steps - done)
         start = self.ends[-1] if self.ends else self.start
         self.ends.extend(decode_step_ends(replica.perf, start, decodes, first_context, count))
         return self.ends[-1]
@@ -228,21 +231,22 @@ def apply_segment(replica: SimReplica, segment: Segment) -> None:
     dummies = [0] * steps
     block_size = kv.block_size
     tables = kv.tables
+    allocate_slots, cache_blocks = kv.allocate_slots, kv.cache_blocks
     progress = router.progress
     finishing: list[TrackedRequest] = []
     for tracked, left in zip(segment.tracked, segment.steps_left):
         request = tracked.request
         done = request.num_computed_tokens
         now_done = done + steps
-        if now_done > len(tables[request.request_id]) * block_size and not kv.allocate_slots(request, steps):
+        if now_done > len(tables[request.request_id]) * block_size and not allocate_slots(request, steps):
             raise AssertionError(f"segment planned without the KV blocks for {request.request_id}")
         request.num_computed_tokens = now_done
-        request.output_token_ids.extend(dummies)
         if now_done // block_size > done // block_size:
-            kv.cache_blocks(request, now_done)
+            cache_blocks(request, now_done)
+        request.output_token_ids += dummies
         record = tracked.record
         if times is not None:
-            record.token_times_s.extend(times)
+            record.token_times_s += times
         if record.first_token_s is None:
             record.first_token_s = first
             router.first_byte(tracked.ticket, first)
