@@ -42,6 +42,10 @@ CASES = {
                       prompt_len="uniform:8:100", output_len="uniform:4:60"), None, None),
     "tight_kv_preempts": (dict(num_requests=80, rate=50, prompt_len="uniform:100:400", output_len="uniform:50:300"),
                           LinearPerf(kv_tokens=3000), None),
+    # shared prefixes on a cache too small for the load: prefix hits (shared and re-admitted) and preemptions
+    "shared_prefixes_preempts": (dict(num_requests=100, rate=60, prompt_len="uniform:64:400",
+                                      output_len="uniform:20:250", shared_prefix_groups=3,
+                                      shared_prefix_tokens=160), LinearPerf(kv_tokens=2500), None),
     # few sequence slots, so requests wait while the running ones prefill in many chunks and get preempted
     "chunked_prefill_preempts": (dict(num_requests=60, rate=40, prompt_len="uniform:100:600",
                                       output_len="uniform:10:300"), LinearPerf(kv_tokens=2000),
@@ -62,6 +66,8 @@ def test_skipping_matches_stepping_token_by_token(case):
     assert full_steps < sum(replica.num_full_steps for replica in stepped[1])
     if "preempts" in case:
         assert sum(len(replica.preemptions) for replica in skipped[1]) > 0
+    if "prefixes" in case:
+        assert sum(replica.kv.prefix_cache_hits for replica in skipped[1]) > 0
 
 
 def test_skipping_matches_with_the_roofline_model_and_a_small_token_budget(llama3_8b):
