@@ -9,8 +9,9 @@ Step time = sum of coefficient * feature, with the features of a step's shape:
 - decode_context: KV tokens the decoding sequences attend over;
 - prefill_pairs: (query, key) pairs the prefill chunks score, chunk x cached context plus the triangle.
 The last two are exact for a BatchShape (fleetserve.perf.step_shape) and estimated for a plain StepShape.
-Coefficients are fitted by non-negative least squares on relative error, so the model never predicts a
-negative time and small steps (decodes, which set TPOT) weigh as much as big ones.
+Coefficients are fitted on relative error (small steps, decodes, which set TPOT, weigh as much as big
+ones), non-negative (the model never predicts a negative time), with a robust loss (a step slowed by
+another process on the machine barely moves the fit).
 
 The JSON records what the profile was measured on (hardware name, CPU or GPU model, threads, model,
 dtype, KV-cache dtype, the engine settings) and its KV capacity in tokens, which is what the simulated
@@ -30,6 +31,7 @@ from fleetserve.perf.model import StepShape
 from fleetserve.perf.step_shape import BatchShape, decode_context, prefill_pairs
 
 PROFILE_FORMAT = "fleetserve-profile/1"
+ROBUST_SCALE = 0.05  # relative errors beyond ~5% count less and less (soft L1 loss)
 
 FEATURES: dict[str, Callable[[StepShape], float]] = {
     "const": lambda shape: 1.0,
@@ -110,14 +112,23 @@ class ProfiledModel:
     def fit(cls, samples: list[StepSample], kv_capacity: int, hardware: str,
             measured_on: dict[str, Any] | None = None, features: tuple[str, ...] = tuple(FEATURES)
             ) -> ProfiledModel:
-        from scipy.optimize import nnls
+        """Non-negative coefficients minimizing the relative errors, with a robust loss so that a few steps
+        slowed by another process do not pull the fit."""
+        from scipy.optimize import least_squares, nnls
         usable = [sample for sample in samples if sample.seconds > 0 and not sample.shape.is_empty]
         if len(usable) < len(features):
             raise ValueError(f"fitting {len(features)} features needs at least that many measured steps, "
                              f"got {len(usable)}")
         matrix = np.array([[FEATURES[name](sample.shape) for name in features] for sample in usable])
-        seconds = np.array([sample.seconds for sample in usable])
-        coefficients, _ = nnls(matrix / seconds[:, None], np.ones(len(usable)))
+        matrix /= np.array([sample.seconds for sample in usable])[:, None]
+        # Unknowns span many magnitudes (seconds per step to seconds per attended pair): solve for each
+        # one's share of a typical step instead, then scale back.
+        typical = 1.0 / np.abs(matrix).mean(axis=0).clip(min=1e-30)
+        scaled = matrix * typical
+        start, _ = nnls(scaled, np.ones(len(usable)))
+        fit = least_squares(lambda x: scaled @ x - 1, start, bounds=(0, np.inf), loss="soft_l1",
+                            f_scale=ROBUST_SCALE)
+        coefficients = fit.x * typical
         return cls(dict(zip(features, (float(c) for c in coefficients))), kv_capacity, hardware,
                    dict(measured_on or {}), list(samples))
 
