@@ -14,10 +14,7 @@ from fleetserve.workload.spec import RequestSpec
 
 SHARED_HASH_MASK = (1 << 62) - 1
 UNIQUE_HASH_BASE = 1 << 62  # above every shared hash, so the two kinds never collide
-# Unique block j of request uid is BASE + j * STRIDE + uid: the request sits in the low bits, which is where
-# a dict looks first (Python hashes an int to itself, modulo 2**61 - 1). With the block index there instead,
-# every request's block j would land on one dict slot and the KV cache's hash map would probe long chains.
-UNIQUE_HASH_STRIDE = 1 << 34  # requests per run; blocks per request may go up to 2**28
+UNIQUE_HASH_STRIDE = 1 << 28  # blocks per request; a request longer than 2**28 blocks is not a concern
 
 
 def shared_prefix_hashes(spec: RequestSpec, block_size: int) -> list[int]:
@@ -44,7 +41,6 @@ def request_block_hashes(spec: RequestSpec, block_size: int, total_tokens: int, 
     prefix blocks); `uid` must be unique per request."""
     hashes = shared_prefix_hashes(spec, block_size)
     num_shared = len(hashes)
-    base = UNIQUE_HASH_BASE + uid
-    hashes.extend(range(base + num_shared * UNIQUE_HASH_STRIDE, base + total_tokens // block_size * UNIQUE_HASH_STRIDE,
-                        UNIQUE_HASH_STRIDE))
+    base = UNIQUE_HASH_BASE + uid * UNIQUE_HASH_STRIDE
+    hashes.extend(range(base + num_shared, base + total_tokens // block_size))
     return hashes, num_shared
