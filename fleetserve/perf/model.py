@@ -26,6 +26,8 @@ class StepShape:
     def __post_init__(self) -> None:
         for name in ("prefill_tokens", "decode_seqs", "context_tokens", "prefill_seqs"):
             value = getattr(self, name)
+            if type(value) is int and value >= 0:  # the common case, without the slower ABC check below
+                continue
             if not isinstance(value, Integral) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"StepShape.{name} must be a non-negative int, got {value!r}")
         if self.prefill_seqs > self.prefill_tokens:

@@ -160,3 +160,21 @@ def test_rejects_bad_parameters(llama3_8b, kwargs, fragment):
 def test_step_shape_rejects_bad_values(args, fragment):
     with pytest.raises(ValueError, match=fragment):
         StepShape(*args)
+
+
+def test_step_time_is_the_estimate_total_to_the_last_bit(llama3_8b):
+    import random
+
+    from fleetserve.perf.step_shape import mixed_shape
+    rng = random.Random(4)
+    for hardware in ("h100", "l4", "cpu"):
+        model = RooflineModel(llama3_8b, CATALOG[hardware])
+        for _ in range(2000):
+            prefill = rng.choice([0, 1, rng.randint(2, 4000)])
+            decodes = rng.randint(0 if prefill else 1, 256)
+            shapes = [StepShape(prefill, decodes, prefill + decodes + rng.randint(0, 50_000),
+                                rng.randint(0, min(prefill, 8))),
+                      mixed_shape(rng.randint(1, 512), rng.randint(0, 5000), decodes, decodes * rng.randint(1, 3000))]
+            for shape in shapes:
+                assert model.step_time(shape) == model.estimate(shape).total_s
+    assert model.step_time(StepShape(0, 0, 0)) == 0.0
