@@ -25,6 +25,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--kv-cache-memory", default="1GiB", help="KV-cache budget, e.g. 512MiB or 2GiB")
     parser.add_argument("--kv-cache-dtype", default="auto", help="auto (the model dtype), bfloat16 or float32")
+    parser.add_argument("--weight-format", default="auto", choices=["auto", "gguf", "dense"],
+                        help="gguf: multiply straight from a GGUF model's quantized blocks (CPU, float32); dense: "
+                        "dequantized weights in --dtype; auto: gguf where possible")
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--max-num-seqs", type=int, default=64)
     parser.add_argument("--max-num-batched-tokens", type=int, default=512)
@@ -35,7 +38,8 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 
 def engine_options(args: argparse.Namespace) -> dict:
     return dict(model=args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype,
-                kv_cache_memory=args.kv_cache_memory, kv_cache_dtype=args.kv_cache_dtype, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+                kv_cache_memory=args.kv_cache_memory, kv_cache_dtype=args.kv_cache_dtype,
+                weight_format=args.weight_format, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
                 enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
 

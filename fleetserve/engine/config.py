@@ -27,6 +27,7 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     kv_cache_dtype: str = "auto"
+    weight_format: str = "auto"  # auto | gguf (multiply from GGUF blocks) | dense
     kv_cache_memory: int | str = "1GiB"
     block_size: int = 16
     max_num_seqs: int = 64
@@ -44,5 +45,7 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.kv_cache_dtype not in ("auto", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16"):
             raise ValueError(f"kv_cache_dtype must be auto, bfloat16, float16 or float32, got {self.kv_cache_dtype!r}")
+        if self.weight_format not in ("auto", "gguf", "dense"):
+            raise ValueError(f"weight_format must be auto, gguf or dense, got {self.weight_format!r}")
         if self.dtype not in ("auto", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16"):
             raise ValueError(f"dtype must be auto, bfloat16, float16 or float32, got {self.dtype!r}")

@@ -18,9 +18,12 @@ from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.runner import ModelRunner
 from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
+from fleetserve.kernels import cpu as cpu_kernels
 from fleetserve.model.config import ModelConfig
+from fleetserve.model.gguf_blocks import QuantizedWeight, read_blocks
 from fleetserve.model.llama import LlamaModel
 from fleetserve.model.loader import TensorSource, cache_root, release_freed_memory, resolve_model
+from fleetserve.model.quantized import QuantizedMatmul
 from fleetserve.model.tokenizer import Tokenizer
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
@@ -78,7 +81,9 @@ class LLMEngine:
         self.max_model_len = min(config.max_model_len or self.model_config.max_position_embeddings,
                                  self.model_config.max_position_embeddings)
         model = LlamaModel(self.model_config, self.dtype, self.device)
-        model.load_weights(TensorSource(self.model_path))
+        quantized, quantized_matmul = self._quantized_weights(config)
+        model.load_weights(TensorSource(self.model_path), quantized, quantized_matmul)
+        self.weight_format = "gguf" if quantized_matmul is not None else "dense"
         release_freed_memory()
         self.model = model
         self.kv_cache_dtype = pick_kv_cache_dtype(config.kv_cache_dtype, self.device, self.dtype)
@@ -101,6 +106,22 @@ class LLMEngine:
         self._ids = itertools.count()
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
+
+    def _quantized_weights(self, config: EngineConfig) -> tuple[dict[str, QuantizedWeight], QuantizedMatmul | None]:
+        if config.weight_format == "dense":
+            return {}, None
+        why_not = None
+        if self.device.type != "cpu" or self.dtype != torch.float32:
+            why_not = f"they run on the CPU in float32, and this engine runs on {self.device} in {self.dtype}"
+        elif not (quantized := read_blocks(self.model_path)):
+            why_not = f"the model at {self.model_path} was not converted from a GGUF file with Q4_0/Q4_1/Q8_0 blocks"
+        elif (library := cpu_kernels.load_quantized(cache_root(config.cache_dir))) is None:
+            why_not = "their C kernels could not be compiled here (is a C compiler installed?)"
+        if why_not is None:
+            return quantized, QuantizedMatmul(library)
+        if config.weight_format == "gguf":
+            raise ValueError(f"weight_format='gguf' cannot be used: {why_not}; pass weight_format='dense'")
+        return {}, None
 
     # --- requests -------------------------------------------------------------------------------
 

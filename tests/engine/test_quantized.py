@@ -1,0 +1,78 @@
+"""Matrix products straight from GGUF blocks: the dequantized values are bit-identical to the gguf
+package's, products match the dense ones, and the engine gives the same greedy tokens either way."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType, dequantize, quantize
+
+from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.llm import LLM
+from fleetserve.engine.sampling_params import SamplingParams
+from fleetserve.kernels import cpu as cpu_kernels
+from fleetserve.model.gguf_blocks import QuantizedWeight, read_blocks
+from fleetserve.model.loader import cache_root
+from fleetserve.model.quantized import QuantizedMatmul
+
+KINDS = [GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q8_0]
+
+
+@pytest.fixture(scope="module")
+def library():
+    library = cpu_kernels.load_quantized(cache_root())
+    if library is None:
+        pytest.skip("no C compiler here: the engine loads dense weights instead")
+    return library
+
+
+def random_weight(kind: GGMLQuantizationType, rows: int, inputs: int, seed: int) -> tuple[QuantizedWeight, torch.Tensor]:
+    values = np.random.default_rng(seed).standard_normal((rows, inputs)).astype(np.float32)
+    blocks = quantize(values, kind)
+    dense = torch.from_numpy(dequantize(blocks, kind).reshape(rows, inputs).astype(np.float32))
+    return QuantizedWeight(int(kind), torch.from_numpy(np.ascontiguousarray(blocks)), inputs), dense
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dequantized_values_are_bit_identical_to_the_gguf_package(library, kind):
+    weight, dense = random_weight(kind, 37, 96, seed=1)
+    out = torch.empty(37, 96)
+    assert library.dequantize_rows(weight.kind, weight.blocks.data_ptr(), 96, None, 37, out.data_ptr()) == 0
+    assert torch.equal(out, dense)
+    rows = torch.tensor([5, 0, 36, 5])
+    assert torch.equal(QuantizedMatmul(library).embedding(rows, weight), dense[rows])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 9, 16, 23, 100])
+def test_products_match_the_dense_matmul(library, kind, rows):
+    weight, dense = random_weight(kind, 50, 128, seed=rows)  # 50 outputs: not a multiple of any tile
+    x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows))
+    bias = torch.randn(50)
+    expected = x @ dense.t() + bias
+    for matmul in (QuantizedMatmul(library), QuantizedMatmul(library, dense_from_rows=1)):
+        assert torch.allclose(matmul(x, weight, bias), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_the_default_model_keeps_its_blocks(llm):
+    blocks = read_blocks(llm.engine.model_path)
+    layers = llm.engine.model_config.num_hidden_layers
+    assert len(blocks) == 7 * layers + 1  # q k v o gate up down per layer, and the tied embedding
+    assert {w.kind for w in blocks.values()} == {int(GGMLQuantizationType.Q4_1), int(GGMLQuantizationType.Q8_0)}
+    assert llm.engine.weight_format == "gguf"
+
+
+@pytest.mark.slow
+def test_dense_and_gguf_weights_give_the_same_greedy_tokens(llm, chat_prompts):
+    params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
+    dense = LLM(dtype="float32", weight_format="dense", kv_cache_memory="128MiB")
+    assert dense.engine.weight_format == "dense"
+    expected = [r.token_ids for r in dense.generate(chat_prompts, params)]
+    assert [r.token_ids for r in llm.generate(chat_prompts, params)] == expected
+
+
+def test_gguf_weights_refused_where_they_cannot_be_used():
+    with pytest.raises(ValueError, match="weight_format must be auto, gguf or dense, got 'q4'"):
+        EngineConfig(weight_format="q4")
+    with pytest.raises(ValueError, match="weight_format='gguf' cannot be used: .*float32.*pass weight_format='dense'"):
+        LLM(dtype="bfloat16", weight_format="gguf")
