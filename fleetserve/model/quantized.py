@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from fleetserve.model.gguf_blocks import QuantizedWeight
 
-DENSE_FROM_ROWS = 96  # measured on a 2-core Zen 3 (benchmarks/quantized_matmul.py): below, the block kernel wins
+DENSE_FROM_ROWS = 192  # benchmarks/quantized_matmul.py on a 2-core Zen 3: below this the block kernel wins
 
 
 class QuantizedMatmul:
