@@ -65,7 +65,9 @@ def test_the_default_model_keeps_its_blocks(llm):
 @pytest.mark.slow
 def test_dense_and_gguf_weights_give_the_same_greedy_tokens(llm, chat_prompts):
     params = SamplingParams(temperature=0, max_tokens=32, ignore_eos=True)
-    dense = LLM(dtype="float32", weight_format="dense", kv_cache_memory="128MiB")
+    # The session engine's settings (fp32 KV cache), so the weight format is the only difference.
+    dense = LLM(dtype="float32", kv_cache_dtype="float32", weight_format="dense", kv_cache_memory="256MiB",
+                max_num_seqs=16, max_num_batched_tokens=256)
     assert dense.engine.weight_format == "dense"
     expected = [r.token_ids for r in dense.generate(chat_prompts, params)]
     assert [r.token_ids for r in llm.generate(chat_prompts, params)] == expected
