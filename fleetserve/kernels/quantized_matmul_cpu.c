@@ -4,10 +4,11 @@
  * rounds exactly as the gguf package does (fp16 scale to fp32, then d*q, then + m, each op rounded), so
  * the values multiplied are bit-identical to the dequantized checkpoint other engines load.
  *
- * Small batches (decode steps) are bound by reading weights: quantized_matmul dequantizes two weight rows
- * into an L1 buffer and multiplies them with every input row, so weight bytes cross memory once per step
- * at 4.5-8.5 bits per weight instead of 32. Large batches dequantize the whole matrix (dequantize_rows)
- * and hand it to the BLAS matmul. */
+ * Small batches (decode steps) are bound by reading weights, so quantized_matmul reads each block once
+ * per call, at 4.5-8.5 bits per weight instead of 32: up to 4 input rows it multiplies each block as it
+ * is dequantized into registers; beyond, it dequantizes 6 weight rows at a time into an L1 buffer and
+ * runs a register tile over the inputs packed k-major. Large batches (the caller decides) dequantize the
+ * whole matrix with dequantize_rows and hand it to the BLAS matmul. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
