@@ -202,10 +202,17 @@ def records_to_jsonl(records: list[RequestRecord], path: str | Path) -> None:
 
 
 def records_from_jsonl(path: str | Path) -> list[RequestRecord]:
+    return [record for record, _ in read_request_log(path)]
+
+
+def read_request_log(path: str | Path, extra_fields: tuple[str, ...] = ()
+                     ) -> list[tuple[RequestRecord, dict[str, Any]]]:
+    """(record, {extra field: value}) per line of a `--requests-out` log; `extra_fields` (e.g. "spec") are
+    required on every line besides the record's own."""
     path = Path(path)
-    known = {f.name for f in dataclasses.fields(RequestRecord)}
-    required = {"request_id", "arrival_s", "sent_s"}
-    records = []
+    known = {f.name for f in dataclasses.fields(RequestRecord)} | set(extra_fields)
+    required = {"request_id", "arrival_s", "sent_s"} | set(extra_fields)
+    records: list[tuple[RequestRecord, dict[str, Any]]] = []
     with path.open(encoding="utf-8") as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
@@ -218,5 +225,7 @@ def records_from_jsonl(path: str | Path) -> list[RequestRecord]:
                 found = sorted(data) if isinstance(data, dict) else type(data).__name__
                 raise ValueError(f"{path}:{line}: fields {found} are not a request record; required "
                                  f"{sorted(required)}, allowed {sorted(known)}")
-            records.append(RequestRecord(**data))
+            extras = {name: data.pop(name) for name in extra_fields}
+            record = RequestRecord(**data)
+            records.append((record, extras))
     return records

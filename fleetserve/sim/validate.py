@@ -8,13 +8,11 @@ the spec's shared-prefix ids, so the simulated prefix cache sees the same sharin
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetserve.bench.metrics import RequestRecord
+from fleetserve.bench.metrics import RequestRecord, read_request_log
 from fleetserve.bench.report import load_result
 from fleetserve.sim.fleet import Arrival
 from fleetserve.workload.spec import RequestSpec, Workload
@@ -58,33 +56,19 @@ def load_live_run(run_json: str | Path, requests_path: str | Path | None = None)
 
 
 def _read_log(path: Path) -> tuple[list[RequestRecord], list[RequestSpec]]:
-    known = {field.name for field in dataclasses.fields(RequestRecord)}
     records, specs = [], []
-    with path.open(encoding="utf-8") as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{line}: not JSON ({error.msg})") from None
-            if not isinstance(data, dict) or "spec" not in data:
-                raise ValueError(f"{path}:{line}: no 'spec' field; is this a `bench serve --requests-out` log?")
-            unknown = set(data) - known - {"spec"}
-            if unknown:
-                raise ValueError(f"{path}:{line}: unknown fields {sorted(unknown)} in a request log")
-            record = RequestRecord(**{key: value for key, value in data.items() if key != "spec"})
-            spec_fields = dict(data["spec"])
-            if record.prompt_tokens > 0:
-                spec_fields["prompt_tokens"] = record.prompt_tokens
-            if record.success and record.output_tokens > 0:
-                spec_fields["output_tokens"] = record.output_tokens
-            try:
-                spec = RequestSpec(request_id=record.request_id, arrival_s=record.sent_s, **spec_fields)
-            except TypeError as error:
-                raise ValueError(f"{path}:{line}: bad spec {data['spec']}: {error}") from None
-            records.append(record)
-            specs.append(spec)
+    for record, extras in read_request_log(path, extra_fields=("spec",)):
+        spec_fields = dict(extras["spec"])
+        if record.prompt_tokens > 0:
+            spec_fields["prompt_tokens"] = record.prompt_tokens
+        if record.success and record.output_tokens > 0:
+            spec_fields["output_tokens"] = record.output_tokens
+        try:
+            spec = RequestSpec(request_id=record.request_id, arrival_s=record.sent_s, **spec_fields)
+        except TypeError as error:
+            raise ValueError(f"{path}: request {record.request_id}: bad spec {extras['spec']}: {error}") from None
+        records.append(record)
+        specs.append(spec)
     return records, specs
 
 
