@@ -81,10 +81,9 @@ def write_blocks(gguf_path: Path, folder: Path, dense: Mapping[str, torch.Tensor
         reference = dense.get(name)
         if reference is None and name == "lm_head.weight":
             reference = dense.get("model.embed_tokens.weight")
-        blocks = np.ascontiguousarray(tensor.data).view(np.uint8)
         if reference is None or reference.dim() != 2 or reference.shape[1] % QK:
             continue
-        blocks = blocks.reshape(reference.shape[0], -1)
+        blocks = np.asarray(tensor.data).view(np.uint8).reshape(reference.shape[0], -1)
         expected = reference[:, :QK].float().numpy()
         candidates = [blocks]
         if name.endswith(("q_proj.weight", "k_proj.weight")):
