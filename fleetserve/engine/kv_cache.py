@@ -67,8 +67,13 @@ class KVCacheManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.record_events = record_events
         self.blocks = [KVBlock(i) for i in range(num_blocks)]
-        # Free blocks in eviction order: least recently used first; cached ones keep their hash until reused.
-        self.free_queue: OrderedDict[int, KVBlock] = OrderedDict((b.block_id, b) for b in self.blocks)
+        # The free blocks, in the order they are handed out, are the ones without a hash and then the cached
+        # ones, least recently used first (a cached block keeps its hash until it is reused). Two pools keep
+        # that order cheaply: blocks without a hash form a stack (the list's end goes first), so a run of
+        # them moves with one slice; cached blocks sit in an LRU dict, from which a prefix hit can take one
+        # out of the middle.
+        self.free_unhashed: list[KVBlock] = self.blocks[::-1]
+        self.free_cached: OrderedDict[int, KVBlock] = OrderedDict()
         self.cached: dict[BlockHash, KVBlock] = {}
         self.tables: dict[str, list[KVBlock]] = {}
         self.num_cached_blocks: dict[str, int] = {}
@@ -78,11 +83,14 @@ class KVCacheManager:
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_queue)
+        return len(self.free_unhashed) + len(self.free_cached)
 
     @property
     def usage(self) -> float:
-        return 1.0 - len(self.free_queue) / self.num_blocks
+        return 1.0 - self.num_free_blocks / self.num_blocks
+
+    def free_blocks_in_eviction_order(self) -> list[KVBlock]:
+        return self.free_unhashed[::-1] + list(self.free_cached.values())
 
     def block_table(self, request_id: str) -> list[int]:
         return [b.block_id for b in self.tables.get(request_id, ())]
@@ -128,7 +136,7 @@ class KVCacheManager:
 
     def _allocatable(self, computed_blocks: Sequence[KVBlock]) -> int:
         reclaimed = sum(1 for b in computed_blocks if b.ref_count == 0)
-        return len(self.free_queue) - reclaimed
+        return len(self.free_unhashed) + len(self.free_cached) - reclaimed
 
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        computed_blocks: Sequence[KVBlock] = ()) -> bool:
@@ -138,13 +146,14 @@ class KVCacheManager:
         # The common case (no prefix hit), inlined: the simulator calls this for every request of a fleet.
         table = self.tables.get(request.request_id)
         num_new = -(-(request.num_computed_tokens + num_new_tokens) // self.block_size)
+        free = len(self.free_unhashed) + len(self.free_cached)
         if table is None:
-            if num_new > len(self.free_queue):
+            if num_new > free:
                 return False
             table = self.tables[request.request_id] = []
         else:
             num_new -= len(table)
-            if num_new > len(self.free_queue):
+            if num_new > free:
                 return False
         if num_new > 0:
             self._pop_free_blocks(table, num_new)
@@ -158,7 +167,7 @@ class KVCacheManager:
         table = self.tables.setdefault(request.request_id, [])
         for block in computed_blocks:
             if block.ref_count == 0:
-                del self.free_queue[block.block_id]
+                del self.free_cached[block.block_id]  # a prefix hit is a cached block
             block.ref_count += 1
             table.append(block)
         self.num_cached_blocks[request.request_id] = len(table)
@@ -167,21 +176,35 @@ class KVCacheManager:
         return True
 
     def _pop_free_blocks(self, table: list[KVBlock], count: int) -> None:
-        """Move `count` blocks from the eviction end of the free queue to `table`, evicting their hashes."""
-        popitem = self.free_queue.popitem
+        """Move `count` (>= 1) free blocks to `table` in eviction order: blocks without a hash first, then
+        the least recently used cached ones, whose hashes are evicted."""
+        unhashed = self.free_unhashed
+        if count <= len(unhashed):
+            taken = unhashed[-count:]
+            del unhashed[-count:]
+            taken.reverse()
+        else:
+            taken = unhashed[::-1] + self._evict(count - len(unhashed))
+            unhashed.clear()
+        for block in taken:
+            block.ref_count = 1
+        table += taken
+
+    def _evict(self, count: int) -> list[KVBlock]:
+        """Take the `count` least recently used cached free blocks and drop their hashes from the cache."""
+        popitem = self.free_cached.popitem
         cached = self.cached
-        append = table.append
+        evicted = []
         for _ in range(count):
             block = popitem(False)[1]
             block_hash = block.block_hash
-            if block_hash is not None:
-                if cached.get(block_hash) is block:
-                    del cached[block_hash]
-                    if self.record_events:
-                        self.events.append(KVEvent("removed", [block_hash]))
-                block.block_hash = None
-            block.ref_count = 1
-            append(block)
+            if cached.get(block_hash) is block:
+                del cached[block_hash]
+                if self.record_events:
+                    self.events.append(KVEvent("removed", [block_hash]))
+            block.block_hash = None
+            evicted.append(block)
+        return evicted
 
     def cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
         """Publish the request's blocks that are full and computed, so later requests can reuse them."""
@@ -218,20 +241,25 @@ class KVCacheManager:
         self.num_cached_blocks.pop(request.request_id, None)
         if not table:
             return
-        free_queue = self.free_queue
-        move_to_end = free_queue.move_to_end
+        free_cached = self.free_cached
+        unhashed: list[KVBlock] = []
         for block in reversed(table):
             block.ref_count -= 1
             if block.ref_count == 0:
-                block_id = block.block_id
-                free_queue[block_id] = block
                 if block.block_hash is None:
-                    move_to_end(block_id, False)
+                    unhashed.append(block)
+                else:
+                    free_cached[block.block_id] = block
+        # Pushed tail first, so the request's first unhashed block is the next one handed out.
+        self.free_unhashed += unhashed
 
     def reset_prefix_cache(self) -> None:
-        for block in self.blocks:
-            if block.ref_count == 0:
-                block.block_hash = None
+        # The cached free blocks lose their hashes and stay where they are in eviction order: after the
+        # blocks that never had one.
+        for block in self.free_cached.values():
+            block.block_hash = None
+        self.free_unhashed[:0] = list(self.free_cached.values())[::-1]
+        self.free_cached.clear()
         self.cached = {h: b for h, b in self.cached.items() if b.ref_count > 0}
         if self.record_events:
             self.events.append(KVEvent("cleared"))
