@@ -67,7 +67,8 @@ class ServerState:
         self.active_requests = 0
         self.open_streams: set[asyncio.Queue] = set()
         self.metrics = ServerMetrics(self.model_names[0], lambda: self.aengine)
-        self._loader: threading.Thread | None = None
+        self._loader: threading.Thread | None = None  # loads the model, then runs the engine loop
+        self._loaded = threading.Event()
 
     @property
     def model_name(self) -> str:
@@ -91,7 +92,10 @@ class ServerState:
             engine = LLMEngine(self.engine_config)
             self.tokenizer = engine.tokenizer
             self.token_text = TokenText(engine.tokenizer)
-            self.aengine = AsyncLLMEngine(engine, self.options.max_queue, on_output=self.metrics.on_output)
+            # This thread built the engine, so it also steps it (see fleetserve.engine.async_engine).
+            aengine = AsyncLLMEngine(engine, self.options.max_queue, on_output=self.metrics.on_output,
+                                     own_thread=False)
+            self.aengine = aengine
             logger.info("fleetserve: serving %s (max_model_len %d, %d KV blocks of %d tokens) at %s/v1",
                         self.model_name, engine.max_model_len, engine.kv_cache.num_blocks, engine.kv_cache.block_size,
                         self.options.url)
@@ -101,13 +105,16 @@ class ServerState:
                 logger.error("fleetserve: the model failed to load: %s", exc)
             else:
                 logger.exception("fleetserve: the model failed to load")
+            return
         finally:
+            self._loaded.set()
             if on_done is not None:
                 on_done()
+        aengine.run()
 
     def wait_loaded(self, timeout_s: float | None = None) -> bool:
         if self._loader is not None:
-            self._loader.join(timeout_s)
+            self._loaded.wait(timeout_s)
         return self.aengine is not None
 
     def require_engine(self) -> AsyncLLMEngine:
