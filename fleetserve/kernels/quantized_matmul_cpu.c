@@ -5,7 +5,7 @@
  * the values multiplied are bit-identical to the dequantized checkpoint other engines load.
  *
  * Small batches (decode steps) are bound by reading weights, so quantized_matmul reads each block once
- * per call, at 4.5-8.5 bits per weight instead of 32: up to 4 input rows it multiplies each block as it
+ * per call, at 4.5-8.5 bits per weight instead of 32: up to 8 input rows it multiplies each block as it
  * is dequantized into registers; beyond, it dequantizes 6 weight rows at a time into an L1 buffer and
  * runs a register tile over the inputs packed k-major. Large batches (the caller decides) dequantize the
  * whole matrix with dequantize_rows and hand it to the BLAS matmul. */
@@ -155,7 +155,7 @@ static inline float hsum(__m256 v) {
 }
 
 /* Up to FUSED_ROWS input rows: each block is dequantized into registers and used at once, no buffer. */
-#define FUSED_ROWS 4
+#define FUSED_ROWS 8
 INLINE void column_fused(const int type, const int rows, const uint8_t *row, int k, const float *x, float *y,
                          int n_stride) {
     __m256 acc[FUSED_ROWS];
@@ -177,7 +177,11 @@ INLINE void column_fused(const int type, const int rows, const uint8_t *row, int
         case 1: column_fused(T, 1, row, k, x, y, n_stride); return;                                       \
         case 2: column_fused(T, 2, row, k, x, y, n_stride); return;                                       \
         case 3: column_fused(T, 3, row, k, x, y, n_stride); return;                                       \
-        default: column_fused(T, 4, row, k, x, y, n_stride); return;                                      \
+        case 4: column_fused(T, 4, row, k, x, y, n_stride); return;                                       \
+        case 5: column_fused(T, 5, row, k, x, y, n_stride); return;                                       \
+        case 6: column_fused(T, 6, row, k, x, y, n_stride); return;                                       \
+        case 7: column_fused(T, 7, row, k, x, y, n_stride); return;                                       \
+        default: column_fused(T, 8, row, k, x, y, n_stride); return;                                      \
         }
 static void column_fused_any(int type, int rows, const uint8_t *row, int k, const float *x, float *y,
                              int n_stride) {
