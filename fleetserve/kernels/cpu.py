@@ -27,6 +27,7 @@ _SIGNATURES = {
     QUANTIZED_SOURCE: {
         "dequantize_rows": (_I, [_I, _P, _I, _P, _I, _P]),
         "quantized_matmul": (_I, [_I, _P, _I, _I, _P, _I, _P, _P]),
+        "fused_max_rows": (_I, []),
     },
 }
 

@@ -291,6 +291,8 @@ int quantized_matmul(int type, const float *x, int m, int k, const uint8_t *weig
     return 0;
 }
 
+int fused_max_rows(void) { return FUSED_ROWS; }
+
 void set_threads(int count) {
 #ifdef _OPENMP
     omp_set_num_threads(count);

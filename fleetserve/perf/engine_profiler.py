@@ -43,6 +43,8 @@ def default_grid(max_num_seqs: int, max_batched_tokens: int) -> list[GridPoint]:
     """Decode-only, prefill-only and mixed steps spanning the batch sizes and contexts a replica sees."""
     points = [GridPoint(seqs, context) for seqs in (1, 4, 16, 32, 64) for context in (64, 512, 1024)]
     points += [GridPoint(seqs, 2048) for seqs in (4, 16)]
+    # Either side of the block kernel's fused-path limit (8 rows), where the step time jumps.
+    points += [GridPoint(seqs, context) for seqs, context in ((2, 512), (6, 256), (8, 1024), (10, 512), (12, 64))]
     points += [GridPoint(0, 0, chunk, context) for chunk in (32, 128, 256, 512) for context in (0, 1024)]
     points += [GridPoint(seqs, 512, chunk, context) for seqs, chunk, context in
                ((8, 128, 0), (8, 448, 512), (32, 256, 0), (32, 448, 1024), (63, 64, 256), (63, 384, 0))]

@@ -2,8 +2,11 @@
 
 Step time = sum of coefficient * feature, with the features of a step's shape:
 - const: the fixed cost of a step (Python scheduling, kernel dispatch, reading the weights once);
-- batched: 1 when the step has more than one token; a single row takes the matrix-vector path, far
-  cheaper than the first rows of a matrix-matrix product (on a CPU, about half the step);
+- batched: 1 when the step has more than one token; with dense weights a single row takes the
+  matrix-vector path, far cheaper than the first rows of a matrix-matrix product;
+- tiled, dense: 1 when the step's token count takes the GGUF-block kernel's register-tile path (more than
+  KERNEL_FUSED_MAX_ROWS) or the dequantize-then-BLAS path (KERNEL_DENSE_FROM_ROWS and more): each
+  dequantizes every weight once per step, a jump in step time that no per-token term can follow;
 - prefill_tokens, decode_seqs: tokens through the linear layers;
 - prefill_seqs: per prefilling sequence (its logits, block tables, a chunk of attention set-up);
 - decode_context: KV tokens the decoding sequences attend over;
@@ -31,11 +34,18 @@ from fleetserve.perf.model import StepShape
 from fleetserve.perf.step_shape import BatchShape, decode_context, prefill_pairs
 
 PROFILE_FORMAT = "fleetserve-profile/1"
+# The engine's block-kernel paths (fleetserve/kernels/quantized_matmul_cpu.c FUSED_ROWS and
+# fleetserve.model.quantized.DENSE_FROM_ROWS; a test checks they agree), kept here so the simulator
+# needs no torch.
+KERNEL_FUSED_MAX_ROWS = 8
+KERNEL_DENSE_FROM_ROWS = 192
 ROBUST_SCALE = 0.05  # relative errors beyond ~5% count less and less (soft L1 loss)
 
 FEATURES: dict[str, Callable[[StepShape], float]] = {
     "const": lambda shape: 1.0,
     "batched": lambda shape: 1.0 if shape.new_tokens > 1 else 0.0,
+    "tiled": lambda shape: 1.0 if KERNEL_FUSED_MAX_ROWS < shape.new_tokens < KERNEL_DENSE_FROM_ROWS else 0.0,
+    "dense": lambda shape: 1.0 if shape.new_tokens >= KERNEL_DENSE_FROM_ROWS else 0.0,
     "prefill_tokens": lambda shape: float(shape.prefill_tokens),
     "decode_seqs": lambda shape: float(shape.decode_seqs),
     "prefill_seqs": lambda shape: float(shape.num_prefill_seqs),

@@ -78,3 +78,10 @@ def test_gguf_weights_refused_where_they_cannot_be_used():
         EngineConfig(weight_format="q4")
     with pytest.raises(ValueError, match="weight_format='gguf' cannot be used: .*float32.*pass weight_format='dense'"):
         LLM(dtype="bfloat16", weight_format="gguf")
+
+
+def test_profile_features_follow_the_kernel_paths(library):
+    from fleetserve.model.quantized import DENSE_FROM_ROWS
+    from fleetserve.perf.profiled import KERNEL_DENSE_FROM_ROWS, KERNEL_FUSED_MAX_ROWS
+    assert library.fused_max_rows() == KERNEL_FUSED_MAX_ROWS
+    assert DENSE_FROM_ROWS == KERNEL_DENSE_FROM_ROWS

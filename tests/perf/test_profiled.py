@@ -7,12 +7,12 @@ from fleetserve.perf.model import PerfModel, StepShape
 from fleetserve.perf.profiled import PROFILE_FORMAT, ProfiledModel, StepSample
 from fleetserve.perf.step_shape import mixed_shape
 
-TRUE = {"const": 0.02, "batched": 0.03, "prefill_tokens": 3e-4, "decode_seqs": 1.5e-3, "prefill_seqs": 4e-3,
-        "decode_context": 2e-6, "prefill_pairs": 5e-9}
+TRUE = {"const": 0.02, "batched": 0.03, "tiled": 0.012, "dense": 0.02, "prefill_tokens": 3e-4, "decode_seqs": 1.5e-3,
+        "prefill_seqs": 4e-3, "decode_context": 2e-6, "prefill_pairs": 5e-9}
 
 
 def shapes() -> list[StepShape]:
-    grid = [StepShape(0, seqs, seqs * (ctx + 1)) for seqs in (1, 4, 16, 64) for ctx in (64, 512, 1024)]
+    grid = [StepShape(0, seqs, seqs * (ctx + 1)) for seqs in (1, 4, 8, 16, 64) for ctx in (64, 512, 1024)]
     grid += [StepShape(chunk, 0, chunk + ctx, 1) for chunk in (32, 128, 512) for ctx in (0, 1024)]
     grid += [mixed_shape(256, 0, 8, 8 * 513), mixed_shape(448, 1024, 32, 32 * 513), mixed_shape(64, 256, 63, 63 * 600)]
     return grid
@@ -29,7 +29,7 @@ def test_fit_recovers_the_coefficients_of_noiseless_steps():
 
 
 def test_fit_never_goes_negative():
-    samples = [StepSample(0, seqs, seqs * 100, 0, 0.05) for seqs in (1, 2, 4, 8, 16, 32, 64)]
+    samples = [StepSample(0, seqs, seqs * 100, 0, 0.05) for seqs in (1, 2, 4, 8, 12, 16, 32, 64, 128, 200)]
     fitted = ProfiledModel.fit(samples, 1000, "cpu")
     assert all(value >= 0 for value in fitted.coefficients.values())
     assert fitted.step_time(StepShape(0, 8, 800)) == pytest.approx(0.05, rel=0.01)
