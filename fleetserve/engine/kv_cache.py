@@ -179,32 +179,29 @@ class KVCacheManager:
         """Move `count` (>= 1) free blocks to `table` in eviction order: blocks without a hash first, then
         the least recently used cached ones, whose hashes are evicted."""
         unhashed = self.free_unhashed
-        if count <= len(unhashed):
-            taken = unhashed[-count:]
-            del unhashed[-count:]
+        if unhashed:
+            take = count if count < len(unhashed) else len(unhashed)
+            taken = unhashed[-take:]
+            del unhashed[-take:]
             taken.reverse()
-        else:
-            taken = unhashed[::-1] + self._evict(count - len(unhashed))
-            unhashed.clear()
-        for block in taken:
-            block.ref_count = 1
-        table += taken
-
-    def _evict(self, count: int) -> list[KVBlock]:
-        """Take the `count` least recently used cached free blocks and drop their hashes from the cache."""
-        popitem = self.free_cached.popitem
-        cached = self.cached
-        evicted = []
-        for _ in range(count):
-            block = popitem(False)[1]
-            block_hash = block.block_hash
-            if cached.get(block_hash) is block:
-                del cached[block_hash]
-                if self.record_events:
-                    self.events.append(KVEvent("removed", [block_hash]))
-            block.block_hash = None
-            evicted.append(block)
-        return evicted
+            for block in taken:
+                block.ref_count = 1
+            table += taken
+            count -= take
+        if count:
+            popitem = self.free_cached.popitem
+            cached = self.cached
+            append = table.append
+            for _ in range(count):
+                block = popitem(False)[1]
+                block_hash = block.block_hash
+                if cached.get(block_hash) is block:
+                    del cached[block_hash]
+                    if self.record_events:
+                        self.events.append(KVEvent("removed", [block_hash]))
+                block.block_hash = None
+                block.ref_count = 1
+                append(block)
 
     def cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
         """Publish the request's blocks that are full and computed, so later requests can reuse them."""
@@ -225,11 +222,14 @@ class KVCacheManager:
             hashes = self.request_block_hashes(request)
         cached = self.cached
         stored: list[BlockHash] = []
-        for block, block_hash in zip(table[start:end], hashes[start:end]):
-            if block.block_hash is None and block_hash not in cached:
-                block.block_hash = block_hash
-                cached[block_hash] = block
-                stored.append(block_hash)
+        for index in range(start, end):
+            block = table[index]
+            if block.block_hash is None:
+                block_hash = hashes[index]
+                if block_hash not in cached:
+                    block.block_hash = block_hash
+                    cached[block_hash] = block
+                    stored.append(block_hash)
         self.num_cached_blocks[request_id] = end
         if stored and self.record_events:
             parent = hashes[start - 1] if start > 0 else None

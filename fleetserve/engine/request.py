@@ -21,7 +21,7 @@ class RequestStatus(enum.Enum):
                         RequestStatus.FINISHED_ABORTED)
 
 
-@dataclass
+@dataclass(slots=True)  # compact: the simulator keeps thousands in flight
 class Request:
     request_id: str
     prompt_token_ids: list[int]
@@ -80,7 +80,8 @@ class Request:
     def check_stop_after_token(self) -> bool:
         """Apply token-level stop rules to the newest output token; string stops live in the detokenizer."""
         params = self.sampling_params
-        if self.num_output_tokens < params.min_tokens:
+        num_output_tokens = len(self.output_token_ids)
+        if num_output_tokens < params.min_tokens:
             return False
         last = self.output_token_ids[-1]
         if not params.ignore_eos and last in self.eos_token_ids:
@@ -91,7 +92,7 @@ class Request:
             self.status = RequestStatus.FINISHED_STOPPED
             self.stop_reason = last
             return True
-        if self.num_output_tokens >= self.max_tokens:
+        if num_output_tokens >= (params.max_tokens or 1 << 30):  # self.max_tokens, without the property call
             self.status = RequestStatus.FINISHED_LENGTH
             return True
         return False

@@ -33,7 +33,7 @@ def default_replica_id(url: str) -> str:
     return urlsplit(url).netloc
 
 
-@dataclass
+@dataclass(slots=True)  # compact: the simulator keeps thousands in flight
 class Ticket:
     """One request's share of a replica's load, from routing until its answer ends."""
     prefill_tokens: int

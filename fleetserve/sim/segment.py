@@ -230,7 +230,6 @@ def apply_segment(replica: SimReplica, segment: Segment) -> None:
     times = ends[:steps] if replica.options.record_token_times else None
     dummies = [0] * steps
     block_size = kv.block_size
-    tables = kv.tables
     allocate_slots, cache_blocks = kv.allocate_slots, kv.cache_blocks
     progress = router.progress
     finishing: list[TrackedRequest] = []
@@ -238,7 +237,10 @@ def apply_segment(replica: SimReplica, segment: Segment) -> None:
         request = tracked.request
         done = request.num_computed_tokens
         now_done = done + steps
-        if now_done > len(tables[request.request_id]) * block_size and not allocate_slots(request, steps):
+        # A decoding request holds the blocks its computed tokens fill, so it needs more only when the
+        # segment's tokens cross into a new block, and publishes only when they fill one.
+        if ((now_done + block_size - 1) // block_size > (done + block_size - 1) // block_size
+                and not allocate_slots(request, steps)):
             raise AssertionError(f"segment planned without the KV blocks for {request.request_id}")
         request.num_computed_tokens = now_done
         if now_done // block_size > done // block_size:
