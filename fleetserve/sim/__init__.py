@@ -5,6 +5,11 @@ virtual clock and a performance model, to replay traces on fleets of any size (D
     run = simulate(workload, parse_fleet_spec("h100:8"), {"h100": RooflineModel(config, h100)},
                    make_policy("least_loaded"), model_max_len=8192)
     summarize(run.records)
+
+Cost grows with events (arrivals, finishes, prefill chunks) times the requests in flight on the replica
+concerned, not with tokens: runs of pure decode steps are applied at once (fleetserve.sim.segment). On one
+core that is about 1,300-1,500 simulated requests a second for the Azure conversation trace's mix on 64
+H100 replicas at 1,000,000 requests (README, benchmarks/results/sim_speed_1m.json).
 """
 from fleetserve.sim.config import ReplicaConfig, SimOptions
 from fleetserve.sim.fleet import Arrival, SimFleet, workload_arrivals
