@@ -81,7 +81,7 @@ class ServerState:
     def start_loading(self, on_done: Callable[[], None] | None = None) -> None:
         if self._loader is not None:
             return
-        self._loader = threading.Thread(target=self._load, args=(on_done,), name="fleetserve-load", daemon=True)
+        self._loader = threading.Thread(target=self._load, args=(on_done,), name="fleetserve-engine", daemon=True)
         self._loader.start()
 
     def _load(self, on_done: Callable[[], None] | None) -> None:
