@@ -136,7 +136,7 @@ class KVCacheManager:
 
     def _allocatable(self, computed_blocks: Sequence[KVBlock]) -> int:
         reclaimed = sum(1 for b in computed_blocks if b.ref_count == 0)
-        return len(self.free_unhashed) + len(self.free_cached) - reclaimed
+        return self.num_free_blocks - reclaimed
 
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        computed_blocks: Sequence[KVBlock] = ()) -> bool:
@@ -256,9 +256,10 @@ class KVCacheManager:
     def reset_prefix_cache(self) -> None:
         # The cached free blocks lose their hashes and stay where they are in eviction order: after the
         # blocks that never had one.
-        for block in self.free_cached.values():
+        cached_free = list(self.free_cached.values())
+        for block in cached_free:
             block.block_hash = None
-        self.free_unhashed[:0] = list(self.free_cached.values())[::-1]
+        self.free_unhashed[:0] = cached_free[::-1]
         self.free_cached.clear()
         self.cached = {h: b for h, b in self.cached.items() if b.ref_count > 0}
         if self.record_events:

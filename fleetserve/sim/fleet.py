@@ -100,8 +100,7 @@ class SimFleet:
             now, index = queue.pop()
             self.clock = now
             replica = replicas[index]
-            # Waking only to price more steps of a segment changes nothing a policy sees.
-            extends_only = replica.segment is not None and not replica.segment.complete
+            extends_only = replica.extending_segment
             queue.set(index, replica.wake(now))
             if not extends_only:
                 view.touched(index)

@@ -93,6 +93,12 @@ class SimReplica:
 
     # --- stepping ---------------------------------------------------------------------------------
 
+    @property
+    def extending_segment(self) -> bool:
+        """Whether the next wake only prices more steps of the segment in progress (nothing a policy sees
+        changes)."""
+        return self.segment is not None and not self.segment.complete
+
     def wake(self, now: float) -> float | None:
         """The step (or segment) in progress ends at `now`: apply it and start the next; returns its end,
         or None when the replica goes idle."""
