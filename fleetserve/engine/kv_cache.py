@@ -195,7 +195,7 @@ class KVCacheManager:
             for _ in range(count):
                 block = popitem(False)[1]
                 block_hash = block.block_hash
-                if cached.get(block_hash) is block:
+                if block_hash is not None and cached.get(block_hash) is block:
                     del cached[block_hash]
                     if self.record_events:
                         self.events.append(KVEvent("removed", [block_hash]))

@@ -113,23 +113,30 @@ class Scheduler:
 
         if not out.preempted:
             while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-                request = self.waiting[0]
-                computed_blocks, num_cached = self.kv_cache.get_computed_blocks(request)
-                num_new = min(request.num_tokens - num_cached, budget)
-                num_new = self._cap_prefill(num_new)
-                if not self.kv_cache.allocate_slots(request, num_new, computed_blocks):
+                admitted = self.admit_next_waiting(budget)
+                if admitted is None:
                     break
-                self.waiting.popleft()
-                request.num_computed_tokens = num_cached
-                if request.num_output_tokens == 0:
-                    request.num_cached_prompt_tokens = num_cached
-                request.status = RequestStatus.RUNNING
-                self.running.append(request)
-                out.scheduled.append(ScheduledRequest(request, num_new, num_cached))
-                budget -= num_new
+                scheduled.append(admitted)
+                budget -= admitted.num_tokens
 
         out.num_batched_tokens = self.config.max_num_batched_tokens - budget
         return out
+
+    def admit_next_waiting(self, budget: int) -> ScheduledRequest | None:
+        """Move the first waiting request to the end of the running list with its first chunk (at most `budget`
+        tokens, after its cached prefix); None, with the request left waiting, when its blocks do not fit."""
+        request = self.waiting[0]
+        computed_blocks, num_cached = self.kv_cache.get_computed_blocks(request)
+        num_new = self._cap_prefill(min(request.num_tokens - num_cached, budget))
+        if not self.kv_cache.allocate_slots(request, num_new, computed_blocks):
+            return None
+        self.waiting.popleft()
+        request.num_computed_tokens = num_cached
+        if request.num_output_tokens == 0:
+            request.num_cached_prompt_tokens = num_cached
+        request.status = RequestStatus.RUNNING
+        self.running.append(request)
+        return ScheduledRequest(request, num_new, num_cached)
 
     def _cap_prefill(self, num_new: int) -> int:
         threshold = self.config.long_prefill_token_threshold

@@ -12,9 +12,13 @@ KVCacheManager what those steps would: the same block allocations (all before an
 steps), computed-token counts, outputs and prefix-cache entries, and the finishing requests ended in
 running order, so everything after it is the same as stepping token by token.
 
-A segment is refused, and the step simulated in full, when a step would do anything else: admit a
-request (one waiting and a free sequence slot), leave a decode out of the batch (more decodes than the
-token budget), or run out of KV blocks within one step (the scheduler preempts).
+A segment may also begin with the step that admits a request: when exactly one is waiting, every running
+request decodes and the blocks surely fit, that step is begun as `Scheduler.schedule` begins it (the
+decodes' blocks, then `Scheduler.admit_next_waiting`), and the admitted request is the segment's
+trailing prefill from its first chunk on. A segment is refused, and the step simulated in full, when a
+step would do anything else: admit a request otherwise (two waiting, a request part-way through its
+prompt, or the KV cache near full), leave a decode out of the batch (more decodes than the token budget),
+or run out of KV blocks within one step (the scheduler preempts).
 
 Pure decode step times are computed a chunk at a time, `FIRST_CHUNK_STEPS` first and then doubling up to
 `MAX_CHUNK_STEPS`: the replica wakes at the end of each chunk only to compute the next, so a segment cut
@@ -26,7 +30,9 @@ from __future__ import annotations
 from bisect import bisect_right
 from typing import TYPE_CHECKING
 
-from fleetserve.engine.request import RequestStatus
+from fleetserve.engine.kv_cache import KVCacheManager
+from fleetserve.engine.request import Request, RequestStatus
+from fleetserve.engine.scheduler import Scheduler
 from fleetserve.perf.step_shape import mixed_shape
 from fleetserve.sim.step_times import decode_step_ends
 from fleetserve.sim.tracked import TrackedRequest
@@ -123,10 +129,13 @@ class Segment:
 
 def plan_segment(replica: SimReplica, now: float) -> Segment | None:
     scheduler, kv = replica.scheduler, replica.kv
+    config = scheduler.config
+    if scheduler.waiting and len(scheduler.running) < config.max_num_seqs and not _begin_admission_step(
+            scheduler, kv):
+        return None
     running = scheduler.running
     n = len(running)
-    config = scheduler.config
-    if n == 0 or (scheduler.waiting and n < config.max_num_seqs):
+    if n == 0:
         return None
     budget = config.max_num_batched_tokens
     newest = running[-1]
@@ -146,7 +155,7 @@ def plan_segment(replica: SimReplica, now: float) -> Segment | None:
         total = len(request.prompt_token_ids) + outputs
         if total - done != 1:
             return None
-        left = min(request.sampling_params.max_tokens - outputs, max_len - total)
+        left = min(request.max_tokens - outputs, max_len - total)
         if left < 1:
             left = 1
         if left < steps:
@@ -171,6 +180,37 @@ def plan_segment(replica: SimReplica, now: float) -> Segment | None:
                          context + decodes, prefill)
 
 
+def _begin_admission_step(scheduler: Scheduler, kv: KVCacheManager) -> bool:
+    """Begin the step that admits the one waiting request as `Scheduler.schedule` begins it (each running
+    request's block for its decode token, then the admission), so that the step can open a segment, the
+    admitted request its trailing prefill. Only when that step is this simple: one request waiting, every
+    running request decoding, and room in the token budget and for sure in the KV cache; otherwise False,
+    with nothing changed, and the step is simulated in full. Should the segment be refused after all, the
+    full step does the same: its block allocations are already there, and the request is running."""
+    waiting, running, config = scheduler.waiting, scheduler.running, scheduler.config
+    decodes = len(running)
+    budget = config.max_num_batched_tokens
+    if len(waiting) != 1 or decodes >= budget:
+        return False
+    block_size = kv.block_size
+    tables = kv.tables
+    crossing: list[Request] = []
+    for request in running:
+        done = request.num_computed_tokens
+        if len(request.prompt_token_ids) + len(request.output_token_ids) - done != 1:
+            return False
+        if (done + block_size) // block_size > len(tables[request.request_id]):
+            crossing.append(request)
+    # The admission needs at most a block per token of the request (fewer with a prefix hit).
+    if len(crossing) + kv.blocks_needed(waiting[0].num_tokens) > kv.num_free_blocks:
+        return False
+    for request in crossing:
+        kv.allocate_slots(request, 1)
+    if scheduler.admit_next_waiting(budget - decodes) is None:
+        raise AssertionError(f"request {waiting[0].request_id} was not admitted though its blocks fit")
+    return True
+
+
 def _trailing_prefill(tracked: TrackedRequest, left: int, room: int, cap: int, max_steps: int,
                       max_len: int) -> TrailingPrefill:
     request = tracked.request
@@ -186,7 +226,7 @@ def _trailing_prefill(tracked: TrackedRequest, left: int, room: int, cap: int, m
     if completes:  # its first sampled token, then one a step, until max_tokens or the context length
         outputs = len(request.output_token_ids) + 1
         total = len(request.prompt_token_ids) + outputs
-        after = min(request.sampling_params.max_tokens - outputs, max_len - total)
+        after = min(request.max_tokens - outputs, max_len - total)
         steps_left = len(chunks) + max(after, 0)
     return TrailingPrefill(tracked, request.num_computed_tokens, chunks, completes, steps_left)
 

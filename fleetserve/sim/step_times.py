@@ -44,7 +44,7 @@ def _roofline_decode(model: RooflineModel, n: int, first_context: int, num_steps
     weights, per_token, overhead = model.weight_bytes_read_per_step, model.kv_bytes_per_token, model.step_overhead_s
     # Bound methods and constants hoisted: this loop prices every skipped decode step of a run.
     total_flops_per_s = flops_per_s
-    durations = []
+    durations: list[float] = []
     append = durations.append
     context = first_context
     for _ in range(num_steps):

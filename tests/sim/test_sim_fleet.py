@@ -58,7 +58,7 @@ def test_least_loaded_spreads_a_burst():
     replicas = make_replicas(4)
     workload = Workload([RequestSpec(f"b{i}", 0.0, 100, 50) for i in range(8)], "burst", "test")
     SimFleet(replicas, make_policy("least_loaded")).run(workload)
-    assert [replica.num_full_steps > 0 for replica in replicas] == [True] * 4
+    assert [replica.num_steps > 0 for replica in replicas] == [True] * 4
 
 
 def test_mixed_hardware_fleet_weighs_replicas_by_speed(llama3_8b):

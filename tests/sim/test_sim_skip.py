@@ -8,6 +8,7 @@ from fleetserve.perf.hardware import CATALOG
 from fleetserve.perf.roofline import RooflineModel
 from fleetserve.sim.config import ReplicaConfig
 from fleetserve.sim.fleet import SimFleet
+from fleetserve.workload.spec import RequestSpec, Workload
 from fleetserve.workload.synthetic import synthetic_workload
 
 from sim_helpers import LinearPerf, make_replicas
@@ -84,3 +85,15 @@ def test_a_run_is_deterministic():
     first = simulate(workload, True, replicas=3, policy="least_loaded")[0]
     second = simulate(workload, True, replicas=3, policy="least_loaded")[0]
     assert [dataclasses.asdict(r) for r in first] == [dataclasses.asdict(r) for r in second]
+
+
+def test_admitting_a_request_opens_a_segment_instead_of_a_full_step():
+    # Each arrival finds the replica idle or only decoding, so the step that admits it begins a segment (its
+    # first prompt chunk is the segment's trailing prefill), with the same results as stepping.
+    workload = Workload([RequestSpec(f"r{i}", 0.05 * i, 300, 40) for i in range(6)], "staggered", "test")
+    stepped = simulate(workload, skip=False)
+    skipped = simulate(workload, skip=True)
+    assert_same(stepped, skipped)
+    assert stepped[1][0].num_full_steps == stepped[1][0].num_steps
+    assert skipped[1][0].num_full_steps == 0
+    assert skipped[1][0].num_segments >= 6
