@@ -6,23 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetserve.engine.kv_cache import KVCacheManager, chain_block_hashes, hash_block_tokens
-from fleetserve.engine.request import Request, RequestStatus
-from fleetserve.engine.sampling_params import SamplingParams
+from fleetserve.engine.request import RequestStatus
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
 
-
-def make_request(rid: str, prompt: list[int], max_tokens: int = 4) -> Request:
-    return Request(rid, prompt, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
-
-
-def run_to_end(scheduler: Scheduler, token: int = 7, max_steps: int = 10_000) -> int:
-    steps = 0
-    while scheduler.has_unfinished() and steps < max_steps:
-        out = scheduler.schedule()
-        sampled = {s.request.request_id: token for s in out.scheduled if s.samples}
-        scheduler.update_from_output(out, sampled)
-        steps += 1
-    return steps
+from scheduler_ops import apply_operation, make_request, run_to_end
 
 
 def test_block_hashes_are_chained_and_deterministic():
@@ -125,21 +112,13 @@ def test_every_block_is_free_when_all_requests_end(operations, num_blocks, block
     kv = KVCacheManager(num_blocks=num_blocks, block_size=block_size)
     scheduler = Scheduler(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=budget, max_model_len=256), kv)
     live: list[str] = []
+
+    def prompt_for(index: int, value: int) -> list[int]:
+        length = 1 + value % (num_blocks * block_size - 1)
+        return [value % 5] * (length // 2) + list(range(length - length // 2))
+
     for i, (op, value) in enumerate(operations):
-        if op == "add":
-            length = 1 + value % (num_blocks * block_size - 1)
-            prompt = [value % 5] * (length // 2) + list(range(length - length // 2))
-            request = make_request(f"q{i}", prompt, max_tokens=1 + value % 6)
-            try:
-                scheduler.add_request(request)
-                live.append(request.request_id)
-            except ValueError:
-                pass
-        elif op == "step":
-            out = scheduler.schedule()
-            scheduler.update_from_output(out, {s.request.request_id: value % 50 for s in out.scheduled if s.samples})
-        elif live:
-            scheduler.finish_requests([live[value % len(live)]], RequestStatus.FINISHED_ABORTED)
+        apply_operation(scheduler, op, value, i, prompt_for, live)
         used = sum(len(kv.block_table(r)) for r in list(scheduler.requests))
         assert used + kv.num_free_blocks >= kv.num_blocks - used  # no block is lost mid-run
     run_to_end(scheduler)

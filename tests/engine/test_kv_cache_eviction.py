@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetserve.engine.kv_cache import KVCacheManager
-from fleetserve.engine.request import Request, RequestStatus
-from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
+
+from scheduler_ops import apply_operation, make_request, run_to_end
 
 
 class QueueCheckedKVCache(KVCacheManager):
@@ -54,10 +54,6 @@ class QueueCheckedKVCache(KVCacheManager):
         assert [block.block_id for block in self.free_blocks_in_eviction_order()] == self.queue
         assert self.num_free_blocks == len(self.queue)
         assert all(self.cached[block.block_hash] is block for block in self.blocks if block.block_hash is not None)
-
-
-def make_request(rid: str, prompt: list[int], max_tokens: int) -> Request:
-    return Request(rid, prompt, SamplingParams(temperature=0, max_tokens=max_tokens, ignore_eos=True))
 
 
 def test_blocks_without_a_hash_go_out_before_cached_ones_and_prefixes_are_evicted_last():
@@ -105,27 +101,16 @@ def test_the_two_pools_hand_out_blocks_in_one_queue_order(operations, num_blocks
     kv = QueueCheckedKVCache(num_blocks, block_size, enable_prefix_caching=caching)
     scheduler = Scheduler(SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=budget, max_model_len=256), kv)
     live: list[str] = []
+
+    def prompt_for(index: int, value: int) -> list[int]:
+        length = 1 + value % (num_blocks * block_size - 1)
+        shared = [value % 3] * (value % (length + 1))  # prefixes that other requests repeat: prefix hits
+        return (shared + list(range(100 + index, 100 + index + length)))[:length]
+
     for i, (op, value) in enumerate(operations):
-        if op == "add":
-            length = 1 + value % (num_blocks * block_size - 1)
-            shared = [value % 3] * (value % (length + 1))  # prefixes that other requests repeat: prefix hits
-            prompt = (shared + list(range(100 + i, 100 + i + length)))[:length]
-            request = make_request(f"q{i}", prompt, max_tokens=1 + value % 6)
-            try:
-                scheduler.add_request(request)
-                live.append(request.request_id)
-            except ValueError:
-                pass
-        elif op == "step":
-            out = scheduler.schedule()
-            scheduler.update_from_output(out, {s.request.request_id: value % 50 for s in out.scheduled if s.samples})
-        elif op == "reset":
+        if op == "reset":
             kv.reset_prefix_cache()
-        elif live:
-            scheduler.finish_requests([live[value % len(live)]], RequestStatus.FINISHED_ABORTED)
-    for _ in range(10_000):
-        if not scheduler.has_unfinished():
-            break
-        out = scheduler.schedule()
-        scheduler.update_from_output(out, {s.request.request_id: 1 for s in out.scheduled if s.samples})
+        else:
+            apply_operation(scheduler, op, value, i, prompt_for, live)
+    run_to_end(scheduler, token=1)
     assert kv.num_free_blocks == kv.num_blocks
