@@ -54,6 +54,7 @@ class QueueCheckedKVCache(KVCacheManager):
         assert [block.block_id for block in self.free_blocks_in_eviction_order()] == self.queue
         assert self.num_free_blocks == len(self.queue)
         assert all(self.cached[block.block_hash] is block for block in self.blocks if block.block_hash is not None)
+        assert all(block.block_hash == block_hash for block_hash, block in self.cached.items())
 
 
 def test_blocks_without_a_hash_go_out_before_cached_ones_and_prefixes_are_evicted_last():
