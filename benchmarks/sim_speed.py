@@ -83,6 +83,7 @@ def main() -> None:
     summarize_s = time.perf_counter() - summarize_started
     steps = sum(replica.num_steps for replica in replicas)
     full_steps = sum(replica.num_full_steps for replica in replicas)
+    segments = sum(replica.num_segments for replica in replicas)
     result = {
         "requests": len(records), "fleet": args.fleet, "policy": args.policy, "speedup": speedup,
         "max_num_batched_tokens": args.max_num_batched_tokens, "max_num_seqs": args.max_num_seqs,
@@ -92,6 +93,7 @@ def main() -> None:
         # The CPU time of this process: what a run on an idle core would take as wall time.
         "cpu_s": cpu_s, "simulated_requests_per_cpu_s": len(records) / cpu_s,
         "summarize_s": summarize_s, "simulated_s": fleet.clock, "steps": steps, "full_steps": full_steps,
+        "decode_segments": segments, "steps_per_segment": (steps - full_steps) / max(segments, 1),
         "mean_requests_in_flight_per_replica": sum(
             (record.end_s or record.sent_s) - record.sent_s for record in records) / fleet.clock / num_replicas,
         "completed": summary["completed"], "failed": summary["failed"],
