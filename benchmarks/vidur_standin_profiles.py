@@ -77,7 +77,6 @@ def _csv_xz(rows: list[dict]) -> bytes:
 
 
 def standin_profiles(cache: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from sim_speed import LLAMA_3_8B
     from fleetserve.model.config import ModelConfig
     from fleetserve.perf.hardware import get_hardware
@@ -177,7 +176,6 @@ def standin_profiles(cache: Path) -> None:
 
 
 def workload_csvs(out: Path, counts: list[int]) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from sim_speed import AZURE_CONV, repeated_trace
     from fleetserve.workload.traces import read_trace
 
@@ -253,6 +251,7 @@ def main() -> None:
     timer.add_argument("vidur_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     if args.command == "generate":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))  # for sim_speed's workload and model paths
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         standin_profiles(out / "cache")
