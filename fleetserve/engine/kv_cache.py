@@ -95,6 +95,16 @@ class KVCacheManager:
     def block_table(self, request_id: str) -> list[int]:
         return [b.block_id for b in self.tables.get(request_id, ())]
 
+    def cached_prefix_length(self, block_hashes: Sequence[BlockHash]) -> int:
+        """How many leading hashes of the chain are in the prefix cache (held or free, not yet evicted)."""
+        cached = self.cached
+        hits = 0
+        for block_hash in block_hashes:
+            if block_hash not in cached:
+                break
+            hits += 1
+        return hits
+
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 

@@ -39,12 +39,7 @@ class RouterView:
             return self.base
         states: list[ReplicaState] | None = None
         for index, replica in enumerate(self.replicas):
-            cached = replica.kv.cached
-            hits = 0
-            for block_hash in shared_hashes:
-                if block_hash not in cached:
-                    break
-                hits += 1
+            hits = replica.kv.cached_prefix_length(shared_hashes)
             if hits:
                 tokens = hits * replica.kv.block_size
                 self.cached_tokens[index] = tokens
