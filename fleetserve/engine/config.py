@@ -33,6 +33,7 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
     max_model_len: int | None = None
+    max_queue: int = 1024  # waiting requests beyond which the async engine refuses new ones (HTTP 429)
     enable_prefix_caching: bool = True
     record_kv_events: bool = False
     num_threads: int | None = None
@@ -40,7 +41,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.kv_cache_bytes = parse_size(self.kv_cache_memory)
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.kv_cache_dtype not in ("auto", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16"):

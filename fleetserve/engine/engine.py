@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from fleetserve.engine.admission import RequestRefused, admission_refusal
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.engine.kv_cache import KVCacheManager, KVEvent
@@ -140,15 +141,9 @@ class LLMEngine:
         bad = next((t for t in prompt_token_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
         if bad is not None:
             raise InvalidRequestError(f"prompt token id {bad!r} is outside the vocabulary [0, {vocab})", "prompt")
-        n = len(prompt_token_ids)
-        if n >= self.max_model_len:
-            raise InvalidRequestError(f"the prompt has {n} tokens but the model's context is {self.max_model_len} "
-                                      f"tokens; shorten the prompt", "prompt")
-        if params.max_tokens is not None and n + params.max_tokens > self.max_model_len:
-            raise InvalidRequestError(
-                f"the prompt ({n} tokens) plus max_tokens ({params.max_tokens}) is {n + params.max_tokens} "
-                f"tokens, beyond the model's context of {self.max_model_len}; lower max_tokens or shorten "
-                f"the prompt", "max_tokens")
+        refusal = admission_refusal(len(prompt_token_ids), params.max_tokens, self.max_model_len)
+        if refusal is not None:
+            raise InvalidRequestError(refusal.message, refusal.param)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
                     request_id: str | None = None, arrival_time: float | None = None) -> str:
@@ -164,8 +159,8 @@ class LLMEngine:
                           arrival_time if arrival_time is not None else time.monotonic())
         try:
             self.scheduler.add_request(request)
-        except ValueError as exc:
-            raise InvalidRequestError(str(exc), "max_tokens") from exc
+        except RequestRefused as exc:
+            raise InvalidRequestError(exc.refusal.message, exc.refusal.param) from exc
         detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
         self.states[request_id] = RequestState(request, detokenizer, RequestMetrics(request.arrival_time), [])
         return request_id

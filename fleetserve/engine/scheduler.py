@@ -11,6 +11,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from fleetserve.engine.admission import RequestRefused, kv_cache_refusal
 from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import Request, RequestStatus
 
@@ -67,12 +68,10 @@ class Scheduler:
             raise ValueError(f"request id {request.request_id!r} is already in use")
         # The last sampled token is never fed back, so it needs no KV slot.
         tokens = min(request.num_prompt_tokens + request.max_tokens - 1, self.config.max_model_len)
-        needed = self.kv_cache.blocks_needed(tokens)
-        if needed > self.kv_cache.num_blocks:
-            raise ValueError(
-                f"the prompt ({request.num_prompt_tokens} tokens) plus max_tokens ({request.max_tokens}) needs "
-                f"{needed} KV blocks but the whole cache has {self.kv_cache.num_blocks}; lower max_tokens, "
-                f"shorten the prompt or give the KV cache more memory")
+        refusal = kv_cache_refusal(request.num_prompt_tokens, request.max_tokens,
+                                   self.kv_cache.blocks_needed(tokens), self.kv_cache.num_blocks)
+        if refusal is not None:
+            raise RequestRefused(refusal)
         request.status = RequestStatus.WAITING
         self.waiting.append(request)
         self.requests[request.request_id] = request
