@@ -2,36 +2,18 @@
 
 Plain Python with no torch and no clock, so the live engine and the simulator drive the same class.
 Block hashes are chained: blake2b-64 over the parent block's hash (8 bytes little-endian, 0 for the first
-block) followed by the block's token ids (4 bytes little-endian each). The router computes the same
-hashes from the prompt tokens, so it can tell which replica holds which prefix.
+block) followed by the block's token ids (4 bytes little-endian each), as fleetserve.wire.block_hashes
+computes them. The router computes the same hashes from the prompt tokens, so it can tell which replica
+holds which prefix.
 """
 from __future__ import annotations
 
-import hashlib
-from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from fleetserve.engine.request import Request
-
-BlockHash = int
-
-
-def hash_block_tokens(parent: BlockHash | None, token_ids: Sequence[int]) -> BlockHash:
-    digest = hashlib.blake2b(digest_size=8)
-    digest.update((parent or 0).to_bytes(8, "little"))
-    digest.update(array("I", token_ids).tobytes())
-    return int.from_bytes(digest.digest(), "little")
-
-
-def chain_block_hashes(token_ids: Sequence[int], block_size: int,
-                       parent: BlockHash | None = None) -> list[BlockHash]:
-    hashes: list[BlockHash] = []
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        parent = hash_block_tokens(parent, token_ids[start:start + block_size])
-        hashes.append(parent)
-    return hashes
+from fleetserve.wire.block_hashes import BlockHash, hash_block_tokens
 
 
 @dataclass(slots=True)

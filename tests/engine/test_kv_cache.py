@@ -5,9 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetserve.engine.kv_cache import KVCacheManager, chain_block_hashes, hash_block_tokens
+from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import RequestStatus
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
+from fleetserve.wire.block_hashes import chain_block_hashes, hash_block_tokens
 
 from scheduler_ops import apply_operation, make_request, run_to_end
 

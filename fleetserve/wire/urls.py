@@ -1,0 +1,25 @@
+"""Server URLs as people give them (with a trailing slash, or an OpenAI base URL ending in /v1) reduced
+to the server root that endpoint paths are appended to."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+
+class InvalidServerURL(ValueError):
+    """A URL that names no http(s) server."""
+
+    def __init__(self, url: str, what: str = "server URL") -> None:
+        super().__init__(f"{what} {url!r} must start with http:// or https:// and name a host, "
+                         f"e.g. http://127.0.0.1:8001")
+        self.url = url
+
+
+def server_root(url: str, what: str = "server URL") -> str:
+    """The root of the server at `url`; raises InvalidServerURL (its message starts with `what`)."""
+    root = url.strip().rstrip("/")
+    if root.endswith("/v1"):
+        root = root[:-3]
+    parts = urlsplit(root)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidServerURL(url, what)
+    return root
