@@ -10,29 +10,20 @@ from jinja2.exceptions import TemplateError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from fleetserve.api.errors import bad_request
 from fleetserve.api.generation import ChoiceState, Job, collect, sampling_params, start_stream, usage_of
 from fleetserve.api.logprobs import chat_logprobs
-from fleetserve.api.protocol import (AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse,
-                                     ChatMessage)
+from fleetserve.api.protocol import AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse
 from fleetserve.api.sse import EventStreamResponse, RenderChoice, completion_events
 from fleetserve.engine.outputs import RequestOutput
+from fleetserve.wire.errors import bad_request
+from fleetserve.wire.messages import template_messages
 
 if TYPE_CHECKING:
     from fleetserve.api.state import ServerState
 
 
-def template_message(message: ChatMessage) -> dict[str, str]:
-    content = message.content
-    if isinstance(content, list):
-        # vLLM joins text parts with newlines when the template takes plain strings.
-        content = "\n".join(part.text for part in content)
-    role = "system" if message.role == "developer" else message.role
-    return {"role": role, "content": content or ""}
-
-
 def render_prompt(state: ServerState, body: ChatCompletionRequest) -> list[int]:
-    messages = [template_message(m) for m in body.messages]
+    messages = template_messages(m.model_dump(include={"role", "content"}) for m in body.messages)
     try:
         return state.tokenizer.encode_chat(messages, add_generation_prompt=body.add_generation_prompt)
     except TemplateError as exc:

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from fleetserve.api.errors import bad_request
 from fleetserve.api.generation import ChoiceState, Job, collect, sampling_params, start_stream, usage_of
 from fleetserve.api.logprobs import completion_logprobs
 from fleetserve.api.protocol import CompletionChoice, CompletionRequest, CompletionResponse
 from fleetserve.api.sse import EventStreamResponse, RenderChoice, completion_events
 from fleetserve.engine.outputs import RequestOutput
+from fleetserve.wire.errors import bad_request
 
 if TYPE_CHECKING:
     from fleetserve.api.state import ServerState

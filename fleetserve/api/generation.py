@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, TypeVar
 
 from starlette.requests import Request
 
-from fleetserve.api.errors import APIError, ClientDisconnected, bad_request, queue_full, unavailable
+from fleetserve.api.errors import ClientDisconnected
 from fleetserve.api.protocol import PromptTokensDetails, Usage
 from fleetserve.engine.outputs import RequestOutput, TokenLogprob
 from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
+from fleetserve.wire.errors import APIError, bad_request, queue_full, unavailable
 
 if TYPE_CHECKING:
     from fleetserve.api.state import ServerState
@@ -77,16 +78,16 @@ def usage_of(choices: list[ChoiceState]) -> Usage:
 
 def translate_engine_error(exc: BaseException, aengine: AsyncLLMEngine) -> APIError:
     from fleetserve.api.state import EngineStopped
-    from fleetserve.engine.async_engine import EngineDeadError, QueueFullError
+    from fleetserve.engine.async_engine import EngineDeadError, EngineShuttingDownError, QueueFullError
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, EngineStopped):
         return unavailable("the server shut down before the request finished; retry it on another replica")
     if isinstance(exc, InvalidRequestError):
         return bad_request(str(exc), exc.param)
+    if isinstance(exc, EngineShuttingDownError):
+        return unavailable("the server is shutting down and accepts no new requests; use another replica")
     if isinstance(exc, QueueFullError):
-        if not aengine.accepting:
-            return unavailable("the server is shutting down and accepts no new requests; use another replica")
         return queue_full(str(exc))
     if isinstance(exc, EngineDeadError):
         return APIError(500, f"{exc}; the server must be restarted", None, "engine_dead")

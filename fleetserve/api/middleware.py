@@ -6,7 +6,8 @@ from typing import TYPE_CHECKING
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fleetserve.api.errors import APIError, bad_request, error_response, too_large, unavailable
+from fleetserve.wire.error_handlers import error_response
+from fleetserve.wire.errors import APIError, bad_request, too_large, unavailable
 
 if TYPE_CHECKING:
     from fleetserve.api.state import ServerState

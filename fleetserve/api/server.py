@@ -30,6 +30,7 @@ from fleetserve.api.protocol import (ChatCompletionRequest, ChatCompletionRespon
                                      CompletionResponse, ErrorResponse, KVEventsResponse, ModelCard, ModelList)
 from fleetserve.api.sse import EventStreamResponse
 from fleetserve.api.state import ServerState
+from fleetserve.wire import paths
 
 logger = logging.getLogger("fleetserve.api")
 
@@ -59,20 +60,20 @@ def create_app(state: ServerState) -> FastAPI:
     app.add_middleware(BodySizeLimit, state=state)
     app.add_middleware(Admission, state=state)  # outermost: added last
 
-    @app.post("/v1/chat/completions", responses={200: {"model": ChatCompletionResponse}, **_ERRORS})
+    @app.post(paths.CHAT_COMPLETIONS, responses={200: {"model": ChatCompletionResponse}, **_ERRORS})
     async def create_chat_completion(request: Request, body: ChatCompletionRequest) -> Response:
         return await chat.create_chat_completion(state, request, body)
 
-    @app.post("/v1/completions", responses={200: {"model": CompletionResponse}, **_ERRORS})
+    @app.post(paths.COMPLETIONS, responses={200: {"model": CompletionResponse}, **_ERRORS})
     async def create_completion(request: Request, body: CompletionRequest) -> Response:
         return await completions.create_completion(state, request, body)
 
-    @app.get("/v1/models", response_model=ModelList)
+    @app.get(paths.MODELS, response_model=ModelList)
     async def list_models() -> ModelList:
         max_len = state.aengine.engine.max_model_len if state.aengine is not None else None
         return ModelList(data=[ModelCard(id=name, max_model_len=max_len) for name in state.model_names])
 
-    @app.get("/health", responses={503: {"model": ErrorResponse}})
+    @app.get(paths.HEALTH, responses={503: {"model": ErrorResponse}})
     async def health() -> JSONResponse:
         if state.ready:
             return JSONResponse({"status": "ok"})
@@ -83,15 +84,15 @@ def create_app(state: ServerState) -> FastAPI:
     async def show_version() -> dict:
         return {"version": package_version()}
 
-    @app.get("/metrics")
+    @app.get(paths.METRICS)
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/kv_events", response_model=KVEventsResponse, responses={503: {"model": ErrorResponse}})
+    @app.get(paths.KV_EVENTS, response_model=KVEventsResponse, responses={503: {"model": ErrorResponse}})
     async def get_kv_events(since: int = Query(0, ge=0, le=2**62, description="first batch seq wanted")) -> dict:
         return kv_events.snapshot(state, since)
 
-    @app.get("/v1/kv_events/stream", responses={503: {"model": ErrorResponse}})
+    @app.get(paths.KV_EVENTS_STREAM, responses={503: {"model": ErrorResponse}})
     async def stream_kv_events(since: int = Query(0, ge=0, le=2**62)) -> Response:
         state.require_engine()
         return EventStreamResponse(kv_events.event_stream(state, since))

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from fleetserve.api.errors import APIError, sse_error_event
 from fleetserve.api.generation import ChoiceState, Job, aborted_error, translate_engine_error, usage_of
 from fleetserve.api.protocol import StreamOptions
 from fleetserve.engine.outputs import RequestOutput
+from fleetserve.wire.errors import APIError, sse_error_event
 
 if TYPE_CHECKING:
     from fleetserve.api.state import ServerState

@@ -9,10 +9,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from fleetserve.api.errors import model_not_found, unavailable
 from fleetserve.api.metrics import ServerMetrics
 from fleetserve.engine.config import EngineConfig
 from fleetserve.model.loader import DEFAULT_MODEL
+from fleetserve.wire.errors import model_not_found, unavailable
 
 if TYPE_CHECKING:
     from fleetserve.api.logprobs import TokenText
@@ -29,7 +29,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     served_model_names: list[str] = field(default_factory=list)
-    max_queue: int = 1024
+    max_queue: int = EngineConfig.max_queue
     shutdown_timeout_s: float = 30.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "info"

@@ -30,9 +30,12 @@ from typing import Any
 import httpx
 
 from fleetserve.bench.metrics import RequestRecord
+from fleetserve.wire.model_probe import ModelProbeError, probe_models
+from fleetserve.wire.paths import GENERATION_PATHS
+from fleetserve.wire.urls import InvalidServerURL, server_root
 from fleetserve.workload.spec import RequestSpec, Workload
 
-ENDPOINT_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+ENDPOINT_PATHS = GENERATION_PATHS
 MODELS_CHECK_TIMEOUT_S = 10.0
 _ERROR_BODY_CHARS = 300
 
@@ -69,34 +72,21 @@ class ClientOptions:
 
 
 def normalize_url(url: str) -> str:
-    """The server root: no trailing slash and no trailing /v1 (people often paste an OpenAI base_url)."""
-    root = url.strip().rstrip("/")
-    if root.endswith("/v1"):
-        root = root[:-3]
-    if not root.startswith(("http://", "https://")) or len(root.split("://", 1)[1]) == 0:
-        raise ServerUnreachableError(f"server URL {url!r} must start with http:// or https:// and name a host")
-    return root
+    """The server root (people often paste an OpenAI base_url); raises ServerUnreachableError."""
+    try:
+        return server_root(url)
+    except InvalidServerURL as error:
+        raise ServerUnreachableError(str(error)) from None
 
 
 async def list_models(url: str, timeout_s: float = MODELS_CHECK_TIMEOUT_S) -> list[str]:
     """The model ids served at `url`, from GET /v1/models; raises ServerUnreachableError naming the URL."""
     root = normalize_url(url)
-    target = f"{root}/v1/models"
     try:
-        async with httpx.AsyncClient(timeout=timeout_s, trust_env=False) as client:
-            response = await client.get(target)
-    except httpx.HTTPError as error:
-        raise ServerUnreachableError(f"cannot reach the server at {url}: GET {target} failed "
-                                     f"({type(error).__name__}: {error or 'no detail'})") from None
-    if response.status_code != 200:
-        raise ServerUnreachableError(f"the server at {url} answered GET {target} with HTTP "
-                                     f"{response.status_code}: {response.text[:_ERROR_BODY_CHARS]!r}")
-    try:
-        entries = response.json()["data"]
-        return [str(entry["id"]) for entry in entries]
-    except (ValueError, KeyError, TypeError):
-        raise ServerUnreachableError(f"the server at {url} is not OpenAI-compatible: GET {target} returned "
-                                     f"{response.text[:_ERROR_BODY_CHARS]!r}, not a model list") from None
+        async with httpx.AsyncClient(trust_env=False) as client:
+            return await probe_models(client, root, timeout_s)
+    except ModelProbeError as error:
+        raise ServerUnreachableError(str(error)) from None
 
 
 async def resolve_model_name(url: str, model: str | None) -> tuple[str, list[str]]:

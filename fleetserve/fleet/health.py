@@ -1,6 +1,6 @@
 """Is a backend an OpenAI server, is it healthy, and what do its /metrics say.
 
-`probe_models` asks GET /v1/models once (when a backend is added). The monitor then checks every
+`probe_backend` asks GET /v1/models once (when a backend is added). The monitor then checks every
 replica every `health_interval_s`: GET /health (GET /v1/models for engines without /health) answering
 200 within `health_timeout_s` passes. A refused connection ejects a replica at once (nothing listens
 there); other failures (timeouts, 5xx, 503 while loading or draining) eject it after
@@ -17,72 +17,24 @@ from typing import Callable
 import httpx
 
 from fleetserve.fleet.config import RouterConfig
+from fleetserve.fleet.replica_metrics import read_replica_metrics
 from fleetserve.fleet.replicas import Replica
+from fleetserve.wire import paths
+from fleetserve.wire.model_probe import ModelProbeError, probe_models
 
 logger = logging.getLogger("fleetserve.fleet")
 
 _BODY_CHARS = 200
-
-# Prometheus names for the same quantity across engines (summed over label sets).
-METRIC_NAMES: dict[str, tuple[str, ...]] = {
-    "running": ("vllm:num_requests_running", "sglang:num_running_reqs", "llamacpp:requests_processing"),
-    "waiting": ("vllm:num_requests_waiting", "sglang:num_queue_reqs", "llamacpp:requests_deferred"),
-    "kv_usage": ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"),
-    "prefix_cache_hits": ("vllm:prefix_cache_hits_total",),
-    "prefix_cache_queries": ("vllm:prefix_cache_queries_total",),
-    "block_size": ("fleetserve:kv_cache_block_size",),
-}
-_KEY_OF = {name: key for key, names in METRIC_NAMES.items() for name in names}
-
-
-class BackendError(ValueError):
-    """A backend that cannot be used: `kind` is "unreachable" (nothing answers) or "not_openai"."""
-
-    def __init__(self, url: str, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.url = url
-        self.kind = kind
+PROBE_TIMEOUT_S = 5.0
 
 
 def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def probe_models(client: httpx.AsyncClient, url: str, timeout_s: float = 5.0) -> list[str]:
-    target = f"{url}/v1/models"
-    try:
-        response = await client.get(target, timeout=timeout_s)
-    except httpx.HTTPError as exc:
-        raise BackendError(url, "unreachable", f"cannot reach the backend {url}: GET {target} failed "
-                                               f"({describe_error(exc)})") from None
-    if response.status_code != 200:
-        raise BackendError(url, "not_openai", f"the backend {url} is not an OpenAI-compatible server: GET "
-                                              f"{target} answered HTTP {response.status_code} "
-                                              f"{response.text[:_BODY_CHARS]!r}")
-    try:
-        return [str(entry["id"]) for entry in response.json()["data"]]
-    except (ValueError, KeyError, TypeError):
-        raise BackendError(url, "not_openai", f"the backend {url} is not an OpenAI-compatible server: GET "
-                                              f"{target} returned {response.text[:_BODY_CHARS]!r}, not a model "
-                                              f"list") from None
-
-
-def parse_prometheus(text: str) -> dict[str, float]:
-    """The samples this router reads, by METRIC_NAMES key, summed over their label sets."""
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        key = _KEY_OF.get(name)
-        if key is None:
-            continue
-        try:
-            value = float(line.rsplit(" ", 1)[1])
-        except (IndexError, ValueError):
-            continue
-        values[key] = values.get(key, 0.0) + value
-    return values
+async def probe_backend(client: httpx.AsyncClient, root: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
+    """The backend's models from GET /v1/models; raises ServerUnreachable or NotAnOpenAIServer naming it."""
+    return await probe_models(client, root, timeout_s, "the backend")
 
 
 class HealthMonitor:
@@ -141,15 +93,15 @@ class HealthMonitor:
             wake.clear()
 
     async def check(self, replica: Replica) -> None:
-        path = self._health_path.setdefault(replica.replica_id, "/health")
+        path = self._health_path.setdefault(replica.replica_id, paths.HEALTH)
         try:
             response = await self.client.get(replica.url + path, timeout=self.config.health_timeout_s)
         except httpx.HTTPError as exc:
             conclusive = isinstance(exc, httpx.ConnectError)
             self._failed(replica, f"GET {path} failed: {describe_error(exc)}", conclusive)
             return
-        if response.status_code == 404 and path == "/health":
-            self._health_path[replica.replica_id] = "/v1/models"  # an engine without /health
+        if response.status_code == 404 and path == paths.HEALTH:
+            self._health_path[replica.replica_id] = paths.MODELS  # an engine without /health
             return
         if response.status_code != 200:
             self._failed(replica, f"GET {path} answered HTTP {response.status_code}: "
@@ -166,13 +118,13 @@ class HealthMonitor:
 
     async def _refresh_models(self, replica: Replica) -> None:
         try:
-            replica.models = await probe_models(self.client, replica.url, self.config.health_timeout_s * 4)
-        except BackendError as exc:
+            replica.models = await probe_backend(self.client, replica.url, self.config.health_timeout_s * 4)
+        except ModelProbeError as exc:
             logger.warning("fleetserve router: %s", exc)
 
     async def scrape(self, replica: Replica) -> None:
         try:
-            response = await self.client.get(replica.url + "/metrics", timeout=self.config.health_timeout_s)
+            response = await self.client.get(replica.url + paths.METRICS, timeout=self.config.health_timeout_s)
         except httpx.HTTPError:
             return  # the health check speaks for reachability
         if response.status_code == 404:
@@ -180,7 +132,7 @@ class HealthMonitor:
             return
         if response.status_code != 200:
             return
-        values = parse_prometheus(response.text)
+        values = read_replica_metrics(response.text)
         if "block_size" in values and values["block_size"] >= 1:
             replica.block_size = int(values.pop("block_size"))
         replica.reported = values

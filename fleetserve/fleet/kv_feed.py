@@ -16,6 +16,7 @@ import httpx
 from fleetserve.fleet.health import describe_error
 from fleetserve.fleet.prefix_index import PrefixIndex
 from fleetserve.fleet.replicas import Replica
+from fleetserve.wire import paths
 
 logger = logging.getLogger("fleetserve.fleet")
 
@@ -59,7 +60,7 @@ class KVFeedFollower:
     async def _consume(self, replica: Replica) -> bool:
         """Read the stream until it ends; False when the replica has no feed at all."""
         timeout = httpx.Timeout(READ_TIMEOUT_S, connect=2.0)
-        async with self.client.stream("GET", f"{replica.url}/v1/kv_events/stream", params={"since": 0},
+        async with self.client.stream("GET", replica.url + paths.KV_EVENTS_STREAM, params={"since": 0},
                                       timeout=timeout) as response:
             if response.status_code in (404, 405):
                 return False

@@ -12,21 +12,15 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from fleetserve.fleet.snapshot import ReplicaState
+from fleetserve.wire.urls import server_root
 
 SPEED_SMOOTHING = 0.2  # weight of the newest sample in the prefill-speed moving average
 MIN_SPEED_SAMPLE_TOKENS = 16  # shorter prefills time mostly overhead, not prefill
 
 
 def normalize_backend_url(url: str) -> str:
-    """The server root: no trailing slash or /v1 (people paste OpenAI base URLs)."""
-    root = url.strip().rstrip("/")
-    if root.endswith("/v1"):
-        root = root[:-3]
-    parts = urlsplit(root)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"backend URL {url!r} must start with http:// or https:// and name a host, "
-                         f"e.g. http://127.0.0.1:8001")
-    return root
+    """The server root (people paste OpenAI base URLs); raises InvalidServerURL."""
+    return server_root(url, "backend URL")
 
 
 def default_replica_id(url: str) -> str:
@@ -141,6 +135,10 @@ class UnknownReplica(KeyError):
     pass
 
 
+class DuplicateReplica(ValueError):
+    """A replica's id or URL is already registered."""
+
+
 class ReplicaRegistry:
     """The replicas by id, in the order they were added."""
 
@@ -168,11 +166,11 @@ class ReplicaRegistry:
 
     def add(self, replica: Replica) -> Replica:
         if replica.replica_id in self._replicas:
-            raise ValueError(f"a replica with id {replica.replica_id!r} is already registered "
-                             f"({self._replicas[replica.replica_id].url})")
-        if self.by_url(replica.url) is not None:
-            raise ValueError(f"the backend {replica.url} is already registered as "
-                             f"{self.by_url(replica.url).replica_id!r}")
+            raise DuplicateReplica(f"a replica with id {replica.replica_id!r} is already registered "
+                                   f"({self._replicas[replica.replica_id].url})")
+        same_url = self.by_url(replica.url)
+        if same_url is not None:
+            raise DuplicateReplica(f"the backend {replica.url} is already registered as {same_url.replica_id!r}")
         self._replicas[replica.replica_id] = replica
         return replica
 

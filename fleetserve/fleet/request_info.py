@@ -14,11 +14,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleetserve.api.errors import APIError, bad_request, describe_validation_error
-from fleetserve.engine.kv_cache import chain_block_hashes
+from fleetserve.wire.block_hashes import chain_block_hashes
+from fleetserve.wire.errors import APIError, bad_request
+from fleetserve.wire.messages import template_message
+from fleetserve.wire.validation import describe_validation_errors
 
 BYTES_PER_TOKEN_ESTIMATE = 4
 
@@ -100,22 +101,13 @@ def validate(endpoint: str, data: dict[str, Any]) -> RoutedFields:
     try:
         return ENDPOINTS[endpoint].model_validate(data)
     except ValidationError as exc:
-        # Same wording as the replica's own 400s (fleetserve.api.errors).
-        message, param = describe_validation_error(RequestValidationError(exc.errors(), body=data))
+        # Same wording as the replica's own 400s.
+        message, param = describe_validation_errors(exc.errors(), data)
         raise bad_request(message, param) from None
 
 
-def template_message(message: RoutedMessage) -> dict[str, str]:
-    """As fleetserve.api.chat renders a message for the chat template: text parts joined by newlines."""
-    content = message.content
-    if isinstance(content, list):
-        content = "\n".join(str(part.get("text", "")) for part in content if part.get("type") == "text")
-    role = "system" if message.role == "developer" else message.role
-    return {"role": role, "content": content or ""}
-
-
 def _chat_prompt(body: RoutedChat, tokenizer: PromptTokenizer | None) -> tuple[list[int] | None, bytes]:
-    messages = [template_message(m) for m in body.messages]
+    messages = [template_message(m.role, m.content) for m in body.messages]  # as the replica renders them
     if tokenizer is not None:
         try:
             return tokenizer.encode_chat(messages, add_generation_prompt=body.add_generation_prompt), b""

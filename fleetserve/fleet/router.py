@@ -21,19 +21,20 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetserve.api.errors import APIError, bad_request, install_error_handlers, too_large
 from fleetserve.fleet.config import RouterConfig
-from fleetserve.fleet.health import BackendError, probe_models
+from fleetserve.fleet.health import probe_backend
 from fleetserve.fleet.proxy import forward
-from fleetserve.fleet.replicas import UnknownReplica, normalize_backend_url
+from fleetserve.fleet.replicas import DuplicateReplica, UnknownReplica, normalize_backend_url
 from fleetserve.fleet.request_info import PromptTokenizer, describe_call
 from fleetserve.fleet.router_metrics import CONTENT_TYPE
 from fleetserve.fleet.router_state import SESSION_HEADER, RouterState
+from fleetserve.wire import paths
+from fleetserve.wire.error_handlers import install_error_handlers
+from fleetserve.wire.errors import APIError, bad_request, too_large
+from fleetserve.wire.model_probe import NotAnOpenAIServer
+from fleetserve.wire.urls import InvalidServerURL
 
 logger = logging.getLogger("fleetserve.fleet")
-
-ENDPOINT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-
 
 class AddReplica(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -74,7 +75,7 @@ def create_router_app(router: RouterState) -> FastAPI:
             call = describe_call(endpoint, raw, router.tokenizer, router.config.default_max_tokens,
                                  request.headers.get(SESSION_HEADER))
             router.check_model(call.model)
-            response = await forward(router, request, ENDPOINT_PATHS[endpoint], raw, call, policy)
+            response = await forward(router, request, paths.GENERATION_PATHS[endpoint], raw, call, policy)
             status = response.status_code
             return response
         except APIError as exc:
@@ -83,15 +84,15 @@ def create_router_app(router: RouterState) -> FastAPI:
         finally:
             router.metrics.requests.labels(endpoint, str(status)).inc()
 
-    @app.post("/v1/chat/completions")
+    @app.post(paths.CHAT_COMPLETIONS)
     async def chat_completions(request: Request) -> Response:
         return await route(request, "chat")
 
-    @app.post("/v1/completions")
+    @app.post(paths.COMPLETIONS)
     async def completions(request: Request) -> Response:
         return await route(request, "completions")
 
-    @app.get("/v1/models")
+    @app.get(paths.MODELS)
     async def list_models() -> JSONResponse:
         if not router.registry.healthy():
             raise APIError(503, f"no healthy replica: {router.describe_unhealthy()}", None, "no_healthy_replica",
@@ -100,7 +101,7 @@ def create_router_app(router: RouterState) -> FastAPI:
             {"id": name, "object": "model", "created": 0, "owned_by": "fleetserve"}
             for name in router.served_models()]})
 
-    @app.get("/health")
+    @app.get(paths.HEALTH)
     async def health() -> JSONResponse:
         healthy = len(router.registry.healthy())
         body = {"status": "ok" if healthy else "no_healthy_replica", "healthy_replicas": healthy,
@@ -109,7 +110,7 @@ def create_router_app(router: RouterState) -> FastAPI:
             body["error"] = router.describe_unhealthy()
         return JSONResponse(body, 200 if healthy else 503)
 
-    @app.get("/metrics")
+    @app.get(paths.METRICS)
     async def metrics() -> Response:
         return Response(router.metrics.render(), media_type=CONTENT_TYPE)
 
@@ -122,11 +123,12 @@ def create_router_app(router: RouterState) -> FastAPI:
     async def add_replica(body: AddReplica) -> JSONResponse:
         try:
             replica = await router.add_backend(body.url, body.id, body.weight)
-        except BackendError as exc:
+        except (NotAnOpenAIServer, InvalidServerURL) as exc:
             raise bad_request(str(exc), "url") from None
-        except ValueError as exc:
-            status = 409 if "already registered" in str(exc) else 400
-            raise APIError(status, str(exc), "url" if "URL" in str(exc) else None) from None
+        except DuplicateReplica as exc:
+            raise APIError(409, str(exc)) from None
+        except ValueError as exc:  # removed again while it was being added
+            raise bad_request(str(exc)) from None
         return JSONResponse(replica.describe(), 201)
 
     @app.delete("/admin/replicas/{replica_id}")
@@ -175,10 +177,10 @@ async def check_backends(urls: list[str], timeout_s: float = 5.0) -> None:
     for url in urls:
         normalize_backend_url(url)
     async with httpx.AsyncClient(trust_env=False) as client:
-        results = await asyncio.gather(*(probe_models(client, normalize_backend_url(u), timeout_s) for u in urls),
+        results = await asyncio.gather(*(probe_backend(client, normalize_backend_url(u), timeout_s) for u in urls),
                                        return_exceptions=True)
     for result in results:
-        if isinstance(result, BackendError) and result.kind == "not_openai":
+        if isinstance(result, NotAnOpenAIServer):
             raise result
 
 

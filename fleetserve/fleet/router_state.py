@@ -16,9 +16,8 @@ from typing import Mapping
 
 import httpx
 
-from fleetserve.api.errors import bad_request, model_not_found
 from fleetserve.fleet.config import RouterConfig
-from fleetserve.fleet.health import BackendError, HealthMonitor, describe_error, probe_models
+from fleetserve.fleet.health import HealthMonitor, describe_error, probe_backend
 from fleetserve.fleet.kv_feed import KVFeedFollower
 from fleetserve.fleet.policies import POLICY_NAMES, Policy, make_policy
 from fleetserve.fleet.prefix_index import PrefixIndex
@@ -26,6 +25,8 @@ from fleetserve.fleet.replicas import Replica, ReplicaRegistry, default_replica_
 from fleetserve.fleet.request_info import PromptTokenizer, RoutedCall
 from fleetserve.fleet.router_metrics import RouterMetrics
 from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
+from fleetserve.wire.errors import bad_request, model_not_found
+from fleetserve.wire.model_probe import NotAnOpenAIServer, ServerUnreachable
 
 logger = logging.getLogger("fleetserve.fleet")
 
@@ -89,8 +90,9 @@ class RouterState:
     # --- membership -----------------------------------------------------------------------------------
 
     async def add_backend(self, url: str, replica_id: str | None = None, weight: float = 1.0) -> Replica:
-        """Register a backend. One that answers but is not an OpenAI server is refused (BackendError); one
-        that does not answer yet is registered unhealthy and joins once its health check passes."""
+        """Register a backend. A bad URL (InvalidServerURL), a duplicate (DuplicateReplica) and a backend
+        that answers but is not an OpenAI server (NotAnOpenAIServer) are refused; one that does not answer
+        yet is registered unhealthy and joins once its health check passes."""
         root = normalize_backend_url(url)
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
@@ -98,11 +100,11 @@ class RouterState:
                           block_size=self.config.default_block_size)
         self.registry.add(replica)  # checks for duplicates before anything is sent
         try:
-            replica.models = await probe_models(self.client, root)
-        except BackendError as exc:
-            if exc.kind == "not_openai":
-                self.registry.remove(replica.replica_id)
-                raise
+            replica.models = await probe_backend(self.client, root)
+        except NotAnOpenAIServer:
+            self.registry.remove(replica.replica_id)
+            raise
+        except ServerUnreachable as exc:
             replica.last_error = str(exc)
             logger.info("fleetserve router: %s; it joins once GET /health answers 200", exc)
         if replica.replica_id not in self.registry:

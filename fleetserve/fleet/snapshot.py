@@ -14,7 +14,7 @@ class RouteRequest:
     request_id: str
     prompt_tokens: int
     max_tokens: int
-    block_hashes: tuple[int, ...] = ()  # chained hashes of the prompt's full blocks (fleetserve.engine.kv_cache)
+    block_hashes: tuple[int, ...] = ()  # chained hashes of the prompt's full blocks (fleetserve.wire.block_hashes)
     session_key: str | None = None  # session header or the OpenAI `user` field
     ttft_slo_ms: float | None = None
 

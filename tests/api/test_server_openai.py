@@ -10,9 +10,9 @@ import httpx
 import openai
 import pytest
 
-from fleetserve.engine.kv_cache import chain_block_hashes
 from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.model.loader import DEFAULT_MODEL as MODEL
+from fleetserve.wire.block_hashes import chain_block_hashes
 
 MAX_TOKENS = 10
 GREEDY = dict(temperature=0, max_tokens=MAX_TOKENS, extra_body={"ignore_eos": True})

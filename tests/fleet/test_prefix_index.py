@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleetserve.engine.kv_cache import chain_block_hashes
 from fleetserve.fleet.prefix_index import PrefixIndex
+from fleetserve.wire.block_hashes import chain_block_hashes
 
 
 def hexes(hashes: list[int]) -> list[str]:

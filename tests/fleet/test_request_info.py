@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleetserve.api.errors import APIError
-from fleetserve.engine.kv_cache import chain_block_hashes
 from fleetserve.fleet.request_info import describe_call
+from fleetserve.wire.block_hashes import chain_block_hashes
+from fleetserve.wire.errors import APIError
 
 
 class FakeTokenizer:
