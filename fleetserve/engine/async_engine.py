@@ -18,17 +18,22 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
+from fleetserve.engine.admission import QUEUE_FULL, admission_refusal
 from fleetserve.engine.engine import LLMEngine
 from fleetserve.engine.outputs import RequestOutput
 from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
 
 
 class QueueFullError(RuntimeError):
-    pass
+    """The waiting queue is at max_queue; the same request may succeed later."""
+
+
+class EngineShuttingDownError(RuntimeError):
+    """shutdown() has begun: the engine finishes what it holds and takes nothing new."""
 
 
 class EngineDeadError(RuntimeError):
-    pass
+    """The step loop stopped on an error; nothing more will run until the engine is rebuilt."""
 
 
 @dataclass
@@ -59,10 +64,10 @@ class _Stream:
 
 
 class AsyncLLMEngine:
-    def __init__(self, engine: LLMEngine, max_queue: int = 1024,
+    def __init__(self, engine: LLMEngine, max_queue: int | None = None,
                  on_output: Callable[[RequestOutput], None] | None = None, own_thread: bool = True) -> None:
         self.engine = engine
-        self.max_queue = max_queue
+        self.max_queue = max_queue if max_queue is not None else engine.config.max_queue
         self.on_output = on_output
         self.commands: queue.Queue = queue.Queue()
         self.streams: dict[str, _Stream] = {}
@@ -71,7 +76,11 @@ class AsyncLLMEngine:
         self.stopping = False
         self.accepting = True
         self.error: BaseException | None = None
+        # Requests handed to the loop but not yet in the scheduler's waiting queue. The asyncio side adds
+        # to it and the engine thread takes from it; the lock also makes the move from here into the
+        # scheduler one step, so the queue check never sees a request in neither place.
         self.pending = 0
+        self.pending_lock = threading.Lock()
         if own_thread:
             self.thread = threading.Thread(target=self.run, name="fleetserve-engine", daemon=True)
             self.thread.start()
@@ -89,16 +98,20 @@ class AsyncLLMEngine:
         if self.error is not None:
             raise EngineDeadError(f"the engine loop stopped: {self.error!r}")
         if not self.accepting:
-            raise QueueFullError("the server is shutting down")
+            raise EngineShuttingDownError("the engine is shutting down and accepts no new requests")
         prompt_ids = self.engine.tokenize_prompt(prompt)
         self.engine.validate(prompt_ids, params)
-        if self.engine.num_waiting + self.pending >= self.max_queue:
-            raise QueueFullError(f"{self.engine.num_waiting + self.pending} requests are already waiting "
-                                 f"(--max-queue {self.max_queue})")
         request_id = request_id or self.engine.new_request_id()
+        with self.pending_lock:
+            refusal = admission_refusal(len(prompt_ids), params.max_tokens, self.engine.max_model_len,
+                                        self.engine.num_waiting + self.pending, self.max_queue)
+            if refusal is not None:
+                if refusal.status == QUEUE_FULL:
+                    raise QueueFullError(refusal.reason)
+                raise InvalidRequestError(refusal.message, refusal.param)
+            self.pending += 1
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self.streams[request_id] = stream
-        self.pending += 1
         self.commands.put(("add", request_id, prompt_ids, params, time.monotonic()))
         self.wakeup.set()
         finished = False
@@ -149,13 +162,14 @@ class AsyncLLMEngine:
                 return
             if command[0] == "add":
                 _, request_id, prompt_ids, params, arrival = command
-                self.pending -= 1
-                if request_id not in self.streams:
-                    continue  # the client left before its request reached the engine
-                try:
-                    self.engine.add_request(prompt_ids, params, request_id, arrival)
-                except InvalidRequestError as exc:
-                    self._deliver(request_id, exc)
+                with self.pending_lock:
+                    self.pending -= 1
+                    if request_id not in self.streams:
+                        continue  # the client left before its request reached the engine
+                    try:
+                        self.engine.add_request(prompt_ids, params, request_id, arrival)
+                    except InvalidRequestError as exc:
+                        self._deliver(request_id, exc)
             else:
                 for out in self.engine.abort_request(command[1]):
                     self._emit(out)

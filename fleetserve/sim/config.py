@@ -11,7 +11,7 @@ from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.scheduler import SchedulerConfig
 
 _ENGINE_DEFAULTS = EngineConfig()
-DEFAULT_MAX_QUEUE = 1024  # `fleetserve serve --max-queue`
+DEFAULT_MAX_QUEUE = _ENGINE_DEFAULTS.max_queue  # `fleetserve serve --max-queue`
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ http_status_429 when the replica's waiting queue is full.
 """
 from __future__ import annotations
 
+from fleetserve.engine.admission import Refusal, RequestRefused, admission_refusal
 from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import Request
 from fleetserve.engine.scheduler import Scheduler, SchedulerOutput
@@ -66,7 +67,7 @@ class SimReplica:
         """Take a routed request at `now`; returns the replica's new wake-up time if it changed."""
         refusal = self._refusal(tracked.request)
         if refusal is not None:
-            self._reject(tracked, now, *refusal)
+            self._reject(tracked, now, refusal.error_kind, refusal.reason)
             return None
         self.inbox.append(tracked)
         self.tracked[tracked.request.request_id] = tracked
@@ -77,19 +78,9 @@ class SimReplica:
             return self.busy_until
         return None
 
-    def _refusal(self, request: Request) -> tuple[str, str] | None:
-        prompt, max_len = request.num_prompt_tokens, self.max_model_len
-        if prompt >= max_len:
-            return "http_status_400", (f"the prompt has {prompt} tokens but the model's context is {max_len} "
-                                       f"tokens")
-        if prompt + request.max_tokens > max_len:
-            return "http_status_400", (f"the prompt ({prompt} tokens) plus max_tokens ({request.max_tokens}) is "
-                                       f"{prompt + request.max_tokens} tokens, beyond the model's context of "
-                                       f"{max_len}")
-        waiting = len(self.scheduler.waiting) + len(self.inbox)
-        if waiting >= self.config.max_queue:
-            return "http_status_429", f"{waiting} requests are already waiting (max_queue {self.config.max_queue})"
-        return None
+    def _refusal(self, request: Request) -> Refusal | None:
+        return admission_refusal(request.num_prompt_tokens, request.max_tokens, self.max_model_len,
+                                 len(self.scheduler.waiting) + len(self.inbox), self.config.max_queue)
 
     # --- stepping ---------------------------------------------------------------------------------
 
@@ -118,8 +109,8 @@ class SimReplica:
             for tracked in self.inbox:
                 try:
                     self.scheduler.add_request(tracked.request)
-                except ValueError as error:
-                    self._reject(tracked, now, "http_status_400", str(error))
+                except RequestRefused as error:
+                    self._reject(tracked, now, error.refusal.error_kind, error.refusal.message)
             self.inbox.clear()
         if self.options.skip_decodes:
             segment = plan_segment(self, now)
