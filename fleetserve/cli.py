@@ -1,87 +1,80 @@
-"""One entry point: fleetserve generate | serve | route | bench | sim | profile."""
+"""One entry point: fleetserve generate | serve | route | bench offline | bench serve | bench compare | sim |
+profile.
+
+Each command names the function that adds its flags and the one that runs it, as "module:function"
+strings: a command's modules are imported only when that command is used, so `fleetserve sim` never loads
+the HTTP server and `fleetserve route` never loads the engine.
+"""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from typing import Callable
-
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], str]] = {}
-
-
-def command(name: str, help_text: str, target: str) -> Callable:
-    """Register a sub-command; its module is imported only when the command runs, to keep start-up fast."""
-    def wrap(add_arguments: Callable[[argparse.ArgumentParser], None]) -> Callable:
-        COMMANDS[name] = (help_text, add_arguments, target)
-        return add_arguments
-    return wrap
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 
-def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=None, help="GGUF file, Hugging Face folder or hub id (default: "
-                        "the embedded SmolLM2-135M-Instruct)")
-    parser.add_argument("--cache-dir", default=None, help="where converted models are cached "
-                        "(default: $FLEETSERVE_CACHE or the user cache dir)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
-    parser.add_argument("--kv-cache-memory", default="1GiB", help="KV-cache budget, e.g. 512MiB or 2GiB")
-    parser.add_argument("--kv-cache-dtype", default="auto", help="auto (the model dtype), bfloat16 or float32")
-    parser.add_argument("--weight-format", default="auto", choices=["auto", "gguf", "dense"],
-                        help="gguf: multiply straight from a GGUF model's quantized blocks (CPU, float32); dense: "
-                        "dequantized weights in --dtype; auto: gguf where possible")
-    parser.add_argument("--block-size", type=int, default=16)
-    parser.add_argument("--max-num-seqs", type=int, default=64)
-    parser.add_argument("--max-num-batched-tokens", type=int, default=512)
-    parser.add_argument("--max-model-len", type=int, default=None)
-    parser.add_argument("--no-prefix-caching", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+@dataclass(frozen=True)
+class Command:
+    name: str  # "bench serve" is the sub-command `serve` of the group `bench`
+    help: str
+    add_arguments: str  # "module:function" taking the command's ArgumentParser
+    run: str  # "module:function" taking the parsed arguments, returning the exit code
 
 
-def engine_options(args: argparse.Namespace) -> dict:
-    return dict(model=args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype,
-                kv_cache_memory=args.kv_cache_memory, kv_cache_dtype=args.kv_cache_dtype,
-                weight_format=args.weight_format, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
+COMMANDS = (
+    Command("generate", "generate text for one prompt, streaming it",
+            "fleetserve.commands.generate:add_generate_arguments", "fleetserve.commands.generate:run"),
+    Command("serve", "the OpenAI-compatible HTTP server over one engine (--replicas N: N engines behind a router)",
+            "fleetserve.commands.serve:add_arguments", "fleetserve.commands.serve:run"),
+    Command("route", "one OpenAI-compatible endpoint in front of many replicas (ours or any OpenAI-compatible "
+            "engine)", "fleetserve.commands.route:add_route_arguments", "fleetserve.commands.route:run"),
+    Command("bench offline", "offline throughput on random prompts, optionally against a peer in the same run",
+            "fleetserve.commands.bench_offline:add_offline_arguments", "fleetserve.commands.bench_offline:run"),
+    Command("bench serve", "replay a trace or synthetic load against any OpenAI-compatible server",
+            "fleetserve.commands.bench_arguments:add_bench_serve_arguments", "fleetserve.bench.serve:run"),
+    Command("bench compare", "show benchmark result files side by side, with ratios against the first",
+            "fleetserve.commands.bench_arguments:add_bench_compare_arguments", "fleetserve.bench.serve:run_compare"),
+    Command("sim", "replay a trace on a simulated fleet with the engine's scheduler and the router's policies",
+            "fleetserve.commands.sim:add_sim_arguments", "fleetserve.commands.sim:run"),
+    Command("profile", "measure the engine's step time on this machine and fit a model for `fleetserve sim --perf`",
+            "fleetserve.commands.profile:add_profile_arguments", "fleetserve.commands.profile:run"),
+)
 
 
-@command("generate", "generate text for one prompt, streaming it", "fleetserve.commands.generate:run")
-def _generate(p: argparse.ArgumentParser) -> None:
-    add_engine_arguments(p)
-    p.add_argument("prompt", nargs="?", default="What is the capital of France? Answer in one sentence.")
-    p.add_argument("--no-chat", action="store_true", help="send the prompt as is, without the chat template")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=-1)
-    p.add_argument("--seed", type=int, default=None)
+def _load(reference: str) -> Callable:
+    module_name, function_name = reference.split(":")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from fleetserve.commands import register_all
-    register_all()
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command; with `argv`, only the command it names gets its flags (the rest are
+    listed with their help), so only that command's modules are imported."""
+    words = [arg for arg in argv if not arg.startswith("-")][:2] if argv is not None else None
     parser = argparse.ArgumentParser(prog="fleetserve", description="LLM serving: engine, fleet, simulator")
     sub = parser.add_subparsers(dest="command", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
-    for name, (help_text, add_arguments, target) in COMMANDS.items():
-        group_name, _, leaf = name.partition(" ")
+    for command in COMMANDS:
+        group_name, _, leaf = command.name.partition(" ")
         where = sub
         if leaf:
             if group_name not in groups:
                 group = sub.add_parser(group_name, help=f"{group_name} sub-commands")
                 groups[group_name] = group.add_subparsers(dest="subcommand", required=True)
             where = groups[group_name]
-        p = where.add_parser(leaf or name, help=help_text, description=help_text)
-        add_arguments(p)
-        p.set_defaults(_target=target)
+        p = where.add_parser(leaf or command.name, help=command.help, description=command.help)
+        path = command.name.split(" ")
+        if words is None or words[:len(path)] == path:
+            _load(command.add_arguments)(p)
+        p.set_defaults(_run=command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    module_name, func_name = args._target.split(":")
-    import importlib
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     try:
-        return int(getattr(importlib.import_module(module_name), func_name)(args) or 0)
+        return int(_load(args._run)(args) or 0)
     except KeyboardInterrupt:
         return 130
     except (ValueError, FileNotFoundError) as exc:
@@ -91,6 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Registrations land in the importable module, not in __main__, so delegate to it.
-    from fleetserve.cli import main as registered_main
-    sys.exit(registered_main())
+    sys.exit(main())

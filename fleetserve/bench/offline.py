@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleetserve.cli import engine_options
-
 
 @dataclass
 class OfflineRequest:
@@ -95,12 +93,14 @@ def run_llamacpp(gguf_path: Path, workload: list[OfflineRequest], threads: int) 
     return summarize(workload, time.perf_counter() - start, produced)
 
 
-def run(args: argparse.Namespace) -> int:
+def run_offline(args: argparse.Namespace, engine_options: dict) -> int:
+    """`fleetserve bench offline` with its parsed flags; `engine_options` are EngineConfig's arguments."""
     import torch
+
     from fleetserve.engine.llm import LLM
     from fleetserve.model.loader import default_gguf_path
 
-    llm = LLM(**engine_options(args))
+    llm = LLM(**engine_options)
     engine = llm.engine
     workload = make_workload(args.num_requests, parse_range(args.input_len, "--input-len"),
                              parse_range(args.output_len, "--output-len"), args.seed,

@@ -1,5 +1,2 @@
-"""Sub-command implementations; each module registers its arguments with fleetserve.cli.command."""
-
-
-def register_all() -> None:
-    import fleetserve.commands.arguments  # noqa: F401
+"""The sub-commands of fleetserve.cli: each module adds its command's flags and runs it. Nothing here is
+imported by the layers below (fleet/, bench/, api/, engine/, sim/)."""

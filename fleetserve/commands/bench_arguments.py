@@ -5,6 +5,7 @@ import argparse
 import math
 from collections.abc import Callable
 
+from fleetserve.bench.client import ClientOptions
 from fleetserve.workload.traces import TRACE_KINDS
 
 
@@ -35,7 +36,7 @@ def add_bench_serve_arguments(p: argparse.ArgumentParser) -> None:
                         help="compress the trace's time: 2 sends every request twice as early")
     timing.add_argument("--rate", type=_positive(float, allow_inf=True), default=None,
                         help="ignore the trace's times; Poisson arrivals at this many requests/s (inf: all at once)")
-    p.add_argument("--max-concurrency", type=_positive(int), default=None,
+    p.add_argument("--max-concurrency", type=_positive(int), default=ClientOptions.max_concurrency,
                    help="cap requests in flight; the wait shows as send lag")
     p.add_argument("--duration", type=_positive(float), default=None,
                    help="stop issuing new requests after this many seconds")
@@ -45,14 +46,15 @@ def add_bench_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="multiply prompt and output lengths by this factor")
     p.add_argument("--max-prompt-tokens", type=_positive(int), default=None, help="cap prompt lengths")
     p.add_argument("--max-output-tokens", type=_positive(int), default=None, help="cap output lengths")
-    p.add_argument("--endpoint", choices=("completions", "chat"), default="completions",
+    p.add_argument("--endpoint", choices=("completions", "chat"), default=ClientOptions.endpoint,
                    help="/v1/completions (token ids sent as the prompt) or /v1/chat/completions (text)")
-    p.add_argument("--model", default=None, help="model name to request (default: the first of GET /v1/models)")
+    p.add_argument("--model", default=ClientOptions.model,
+                   help="model name to request (default: the first of GET /v1/models)")
     p.add_argument("--tokenizer", default="default",
                    help="tokenizer for synthesized prompts: 'default' (fleetserve's default model) or a "
                         "folder with tokenizer.json; must match the served model")
     p.add_argument("--seed", type=int, default=0, help="seed for prompts, synthetic workloads and --rate")
-    p.add_argument("--timeout", type=_positive(float), default=600.0,
+    p.add_argument("--timeout", type=_positive(float), default=ClientOptions.timeout_s,
                    help="seconds a request may take from send to its last token")
     p.add_argument("--no-ignore-eos", action="store_true",
                    help="omit ignore_eos from requests (outputs may then end early)")

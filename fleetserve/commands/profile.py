@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from fleetserve.cli import add_engine_arguments
+from fleetserve.commands.engine_arguments import add_engine_arguments, engine_options
 
 
 def add_profile_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,6 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from fleetserve.cli import engine_options
     from fleetserve.engine.config import EngineConfig
     from fleetserve.engine.engine import LLMEngine
     from fleetserve.perf.engine_profiler import EngineProfiler, default_grid

@@ -7,29 +7,28 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from fleetserve.fleet.config import RouterConfig
+from fleetserve.fleet.config import RouterConfig
+from fleetserve.fleet.policies import POLICY_NAMES, PolicyOptions
 
-POLICY_CHOICES = ("round_robin", "least_loaded", "session", "prefix", "two_choice")  # fleetserve.fleet.policies
+LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
 
 
-def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+def add_policy_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Routing options shared by `route` and `serve --replicas N`."""
-    parser.add_argument("--policy", choices=POLICY_CHOICES, default="least_loaded",
+    parser.add_argument("--policy", choices=POLICY_NAMES, default=RouterConfig.policy,
                         help="routing policy (a request may pick another with the x-fleetserve-policy header)")
-    parser.add_argument("--ttft-slo-ms", type=float, default=None,
+    parser.add_argument("--ttft-slo-ms", type=float, default=PolicyOptions.default_ttft_slo_ms,
                         help="two_choice: default TTFT SLO; beyond it the least loaded replica is used "
                              "(a request may set x-fleetserve-ttft-slo-ms)")
-    parser.add_argument("--prefill-tokens-per-s", type=float, default=0.0,
+    parser.add_argument("--prefill-tokens-per-s", type=float, default=PolicyOptions.default_prefill_tokens_per_s,
                         help="two_choice: prefill speed assumed until one is measured (0: guard off until then)")
-    parser.add_argument("--max-imbalance-tokens", type=int, default=4096,
+    parser.add_argument("--max-imbalance-tokens", type=int, default=PolicyOptions.max_imbalance_tokens,
                         help="prefix: queued-work gap (tokens) beyond which a hot prefix spills to other replicas")
-    parser.add_argument("--prefix-ttl", type=float, default=120.0, metavar="SECONDS",
+    parser.add_argument("--prefix-ttl", type=float, default=RouterConfig.prefix_ttl_s, metavar="SECONDS",
                         help="how long a routed prompt counts as cached on an engine without a KV-event feed")
-    parser.add_argument("--health-interval", type=float, default=0.5, metavar="SECONDS")
-    parser.add_argument("--max-attempts", type=int, default=3,
+    parser.add_argument("--health-interval", type=float, default=RouterConfig.health_interval_s, metavar="SECONDS")
+    parser.add_argument("--max-attempts", type=int, default=RouterConfig.max_attempts,
                         help="replicas tried for one request before it fails (only before its first byte)")
 
 
@@ -37,21 +36,19 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", action="append", default=[], metavar="URL",
                         help="an OpenAI-compatible server root, e.g. http://127.0.0.1:8001 (repeat for more; "
                              "more can be added at run time with POST /admin/replicas)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--tokenizer", default="default",
+    parser.add_argument("--host", default=RouterConfig.host, help="address to bind (0.0.0.0 for all interfaces)")
+    parser.add_argument("--port", type=int, default=RouterConfig.port)
+    parser.add_argument("--tokenizer", default=RouterConfig.tokenizer,
                         help="tokenizer for prompt block hashes: 'default' (fleetserve's default model), a model "
                              "folder or tokenizer.json matching the backends' model, or 'none' (estimate)")
-    parser.add_argument("--block-size", type=int, default=16,
+    parser.add_argument("--block-size", type=int, default=RouterConfig.default_block_size,
                         help="KV block size assumed for backends that do not publish theirs")
     add_policy_arguments(parser)
-    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--log-level", default=RouterConfig.log_level, choices=LOG_LEVELS)
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
 
 
 def router_config(args: argparse.Namespace, backends: list[str], tokenizer: str | None) -> RouterConfig:
-    from fleetserve.fleet.config import RouterConfig
-    from fleetserve.fleet.policies import PolicyOptions
     options = PolicyOptions(max_imbalance_tokens=args.max_imbalance_tokens, default_ttft_slo_ms=args.ttft_slo_ms,
                             default_prefill_tokens_per_s=args.prefill_tokens_per_s)
     if args.ttft_slo_ms is not None and not args.ttft_slo_ms > 0:
@@ -59,8 +56,8 @@ def router_config(args: argparse.Namespace, backends: list[str], tokenizer: str 
     return RouterConfig(backends=backends, policy=args.policy, host=args.host, port=args.port, tokenizer=tokenizer,
                         policy_options=options, health_interval_s=args.health_interval,
                         max_attempts=args.max_attempts, prefix_ttl_s=args.prefix_ttl,
-                        default_block_size=getattr(args, "block_size", 16), log_level=args.log_level,
-                        access_log=not args.no_access_log)
+                        default_block_size=getattr(args, "block_size", RouterConfig.default_block_size),
+                        log_level=args.log_level, access_log=not args.no_access_log)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fleetserve route", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fleetserve route", description=(__doc__ or "").splitlines()[0])
     add_route_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -11,7 +11,8 @@ import argparse
 import math
 
 from fleetserve.commands.bench_arguments import _positive
-from fleetserve.fleet.policies import POLICY_NAMES
+from fleetserve.fleet.config import RouterConfig
+from fleetserve.fleet.policies import POLICY_NAMES, PolicyOptions
 from fleetserve.sim.config import DEFAULT_MAX_QUEUE, ReplicaConfig
 from fleetserve.workload.traces import TRACE_KINDS
 
@@ -31,9 +32,11 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --validate: the run's `--requests-out` log (default: the one its JSON names)")
     p.add_argument("--trace-kind", choices=TRACE_KINDS, default=None)
     p.add_argument("--fleet", required=True, help="hardware and counts, e.g. h100:8,l4:16 (cpu:4 for this machine)")
-    p.add_argument("--policy", choices=POLICY_NAMES, default="least_loaded", help="routing policy, as `route`")
-    p.add_argument("--max-imbalance-tokens", type=int, default=4096, help="prefix policy: hot-prefix guard")
-    p.add_argument("--ttft-slo-ms", type=float, default=None, help="two_choice policy: default TTFT SLO")
+    p.add_argument("--policy", choices=POLICY_NAMES, default=RouterConfig.policy, help="routing policy, as `route`")
+    p.add_argument("--max-imbalance-tokens", type=int, default=PolicyOptions.max_imbalance_tokens,
+                   help="prefix policy: hot-prefix guard")
+    p.add_argument("--ttft-slo-ms", type=float, default=PolicyOptions.default_ttft_slo_ms,
+                   help="two_choice policy: default TTFT SLO")
     p.add_argument("--perf", action="append", default=None, metavar="roofline|PROFILE.json",
                    help="performance model: 'roofline' or a `fleetserve profile` JSON (used for the hardware "
                         "it was measured on); repeat for mixed fleets (default: roofline)")
@@ -57,7 +60,8 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-num-batched-tokens", type=_positive(int), default=_DEFAULTS.max_num_batched_tokens)
     engine.add_argument("--max-model-len", type=_positive(int), default=None)
     engine.add_argument("--no-prefix-caching", action="store_true")
-    engine.add_argument("--max-queue", type=_positive(int), default=DEFAULT_MAX_QUEUE, help="waiting requests before 429")
+    engine.add_argument("--max-queue", type=_positive(int), default=DEFAULT_MAX_QUEUE,
+                        help="waiting requests before 429")
     p.add_argument("--no-skip", action="store_true", help="simulate every decode step (slower, same results)")
     p.add_argument("--no-token-times", action="store_true",
                    help="keep only first-token and end times (saves memory on huge runs; no ITL)")

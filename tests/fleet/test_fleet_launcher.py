@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from fleetserve.cli import build_parser
-from fleetserve.fleet.launcher import plan_replicas, replica_argv
+from fleetserve.commands.serve_fleet import fleet_plan, replica_argv
 from fleet_helpers import free_port, wait_until
 
 
@@ -20,15 +20,15 @@ def serve_args(*argv: str):
 
 def test_the_kv_budget_and_threads_are_split_between_replicas():
     args = serve_args("--replicas", "4", "--port", "9000", "--kv-cache-memory", "1GiB", "--threads", "8")
-    assert plan_replicas(args) == [(9001 + i, 2, 256 * 2**20) for i in range(4)]
+    assert fleet_plan(args) == [(9001 + i, 2, 256 * 2**20) for i in range(4)]
     args = serve_args("--replicas", "3", "--kv-cache-memory-per-replica", "100MiB", "--threads", "2",
                       "--replica-base-port", "7000")
-    assert plan_replicas(args) == [(7000, 1, 100 * 2**20), (7001, 1, 100 * 2**20), (7002, 1, 100 * 2**20)]
+    assert fleet_plan(args) == [(7000, 1, 100 * 2**20), (7001, 1, 100 * 2**20), (7002, 1, 100 * 2**20)]
 
 
 def test_a_replica_port_may_not_be_the_router_port():
     with pytest.raises(ValueError, match=r"include the router's --port 8001"):
-        plan_replicas(serve_args("--replicas", "2", "--port", "8001", "--replica-base-port", "8000"))
+        fleet_plan(serve_args("--replicas", "2", "--port", "8001", "--replica-base-port", "8000"))
 
 
 def test_replicas_get_every_engine_and_server_flag_but_the_split_and_router_ones():

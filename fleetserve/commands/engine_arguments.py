@@ -1,0 +1,38 @@
+"""The engine's command-line flags, shared by `generate`, `serve`, `bench offline` and `profile`; every
+default is EngineConfig's own."""
+from __future__ import annotations
+
+import argparse
+
+from fleetserve.engine.config import EngineConfig
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=EngineConfig.model, help="GGUF file, Hugging Face folder or hub id "
+                        "(default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--cache-dir", default=EngineConfig.cache_dir, help="where converted models are cached "
+                        "(default: $FLEETSERVE_CACHE or the user cache dir)")
+    parser.add_argument("--device", default=EngineConfig.device)
+    parser.add_argument("--dtype", default=EngineConfig.dtype, help="auto, bfloat16, float16 or float32")
+    parser.add_argument("--kv-cache-memory", default=EngineConfig.kv_cache_memory,
+                        help="KV-cache budget, e.g. 512MiB or 2GiB")
+    parser.add_argument("--kv-cache-dtype", default=EngineConfig.kv_cache_dtype,
+                        help="auto (the model dtype), bfloat16 or float32")
+    parser.add_argument("--weight-format", default=EngineConfig.weight_format, choices=["auto", "gguf", "dense"],
+                        help="gguf: multiply straight from a GGUF model's quantized blocks (CPU, float32); dense: "
+                        "dequantized weights in --dtype; auto: gguf where possible")
+    parser.add_argument("--block-size", type=int, default=EngineConfig.block_size)
+    parser.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens)
+    parser.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)
+    parser.add_argument("--no-prefix-caching", action="store_true")
+    parser.add_argument("--threads", type=int, default=EngineConfig.num_threads, help="torch CPU threads")
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    """EngineConfig's keyword arguments from the flags of add_engine_arguments."""
+    return dict(model=args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype,
+                kv_cache_memory=args.kv_cache_memory, kv_cache_dtype=args.kv_cache_dtype,
+                weight_format=args.weight_format, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
+                max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+                enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
