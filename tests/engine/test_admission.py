@@ -12,8 +12,8 @@ from fleetserve.engine.admission import Refusal, RequestRefused, admission_refus
 
 def test_a_prompt_that_fills_the_context_is_refused_naming_the_prompt():
     refusal = admission_refusal(2048, 1, max_model_len=2048)
-    assert refusal == Refusal(400, "prompt", "the prompt has 2048 tokens but the model's context is 2048 "
-                                                    "tokens", "shorten the prompt")
+    assert refusal == Refusal(400, "prompt", "the prompt has 2048 tokens but the model's context is 2048 tokens",
+                              "shorten the prompt")
     assert refusal.error_kind == "http_status_400"
     assert refusal.message == "the prompt has 2048 tokens but the model's context is 2048 tokens; shorten the prompt"
 
