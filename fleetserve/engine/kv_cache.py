@@ -9,8 +9,8 @@ holds which prefix.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from fleetserve.engine.request import Request
 from fleetserve.wire.block_hashes import BlockHash, hash_block_tokens
@@ -54,32 +54,37 @@ class KVCacheManager:
         # that order cheaply: blocks without a hash form a stack (the list's end goes first), so a run of
         # them moves with one slice; cached blocks sit in an LRU dict, from which a prefix hit can take one
         # out of the middle.
-        self.free_unhashed: list[KVBlock] = self.blocks[::-1]
-        self.free_cached: OrderedDict[int, KVBlock] = OrderedDict()
-        self.cached: dict[BlockHash, KVBlock] = {}
-        self.tables: dict[str, list[KVBlock]] = {}
-        self.num_cached_blocks: dict[str, int] = {}
+        self._free_unhashed: list[KVBlock] = self.blocks[::-1]
+        self._free_cached: OrderedDict[int, KVBlock] = OrderedDict()
+        self._cached: dict[BlockHash, KVBlock] = {}
+        self._tables: dict[str, list[KVBlock]] = {}
+        self._num_cached_blocks: dict[str, int] = {}
         self.prefix_cache_queries = 0
         self.prefix_cache_hits = 0
         self.events: list[KVEvent] = []
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self.free_unhashed) + len(self.free_cached)
+        return len(self._free_unhashed) + len(self._free_cached)
 
     @property
     def usage(self) -> float:
         return 1.0 - self.num_free_blocks / self.num_blocks
 
     def free_blocks_in_eviction_order(self) -> list[KVBlock]:
-        return self.free_unhashed[::-1] + list(self.free_cached.values())
+        return self._free_unhashed[::-1] + list(self._free_cached.values())
+
+    def held_block_counts(self, requests: Iterable[Request]) -> list[int]:
+        """How many blocks each of these requests holds (each must hold a block table: admitted, not freed)."""
+        tables = self._tables
+        return [len(tables[request.request_id]) for request in requests]
 
     def block_table(self, request_id: str) -> list[int]:
-        return [b.block_id for b in self.tables.get(request_id, ())]
+        return [b.block_id for b in self._tables.get(request_id, ())]
 
     def cached_prefix_length(self, block_hashes: Sequence[BlockHash]) -> int:
         """How many leading hashes of the chain are in the prefix cache (held or free, not yet evicted)."""
-        cached = self.cached
+        cached = self._cached
         hits = 0
         for block_hash in block_hashes:
             if block_hash not in cached:
@@ -103,13 +108,13 @@ class KVCacheManager:
 
     def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
         """Longest cached prefix of the request; the last token is always left to compute for its logits."""
-        if not self.enable_prefix_caching or request.request_id in self.tables:
+        if not self.enable_prefix_caching or request.request_id in self._tables:
             return [], 0
         hashes = self.request_block_hashes(request)
         max_blocks = (request.num_tokens - 1) // self.block_size
         hit: list[KVBlock] = []
         for block_hash in hashes[:max_blocks]:
-            block = self.cached.get(block_hash)
+            block = self._cached.get(block_hash)
             if block is None:
                 break
             hit.append(block)
@@ -122,7 +127,7 @@ class KVCacheManager:
         return self._num_new_blocks(request, num_new_tokens, computed_blocks) <= self._allocatable(computed_blocks)
 
     def _num_new_blocks(self, request: Request, num_new_tokens: int, computed_blocks: Sequence[KVBlock]) -> int:
-        have = len(self.tables.get(request.request_id, ())) + len(computed_blocks)
+        have = len(self._tables.get(request.request_id, ())) + len(computed_blocks)
         total = request.num_computed_tokens + len(computed_blocks) * self.block_size + num_new_tokens
         return max(0, self.blocks_needed(total) - have)
 
@@ -136,13 +141,13 @@ class KVCacheManager:
         if computed_blocks:
             return self._allocate_with_prefix(request, num_new_tokens, computed_blocks)
         # The common case (no prefix hit), inlined: the simulator calls this for every request of a fleet.
-        table = self.tables.get(request.request_id)
+        table = self._tables.get(request.request_id)
         num_new = -(-(request.num_computed_tokens + num_new_tokens) // self.block_size)
-        free = len(self.free_unhashed) + len(self.free_cached)
+        free = len(self._free_unhashed) + len(self._free_cached)
         if table is None:
             if num_new > free:
                 return False
-            table = self.tables[request.request_id] = []
+            table = self._tables[request.request_id] = []
         else:
             num_new -= len(table)
             if num_new > free:
@@ -156,13 +161,13 @@ class KVCacheManager:
         num_new = self._num_new_blocks(request, num_new_tokens, computed_blocks)
         if num_new > self._allocatable(computed_blocks):
             return False
-        table = self.tables.setdefault(request.request_id, [])
+        table = self._tables.setdefault(request.request_id, [])
         for block in computed_blocks:
             if block.ref_count == 0:
-                del self.free_cached[block.block_id]  # a prefix hit is a cached block
+                del self._free_cached[block.block_id]  # a prefix hit is a cached block
             block.ref_count += 1
             table.append(block)
-        self.num_cached_blocks[request.request_id] = len(table)
+        self._num_cached_blocks[request.request_id] = len(table)
         if num_new > 0:
             self._pop_free_blocks(table, num_new)
         return True
@@ -170,7 +175,7 @@ class KVCacheManager:
     def _pop_free_blocks(self, table: list[KVBlock], count: int) -> None:
         """Move `count` (>= 1) free blocks to `table` in eviction order: blocks without a hash first, then
         the least recently used cached ones, whose hashes are evicted."""
-        unhashed = self.free_unhashed
+        unhashed = self._free_unhashed
         if unhashed:
             take = count if count < len(unhashed) else len(unhashed)
             taken = unhashed[-take:]
@@ -181,8 +186,8 @@ class KVCacheManager:
             table += taken
             count -= take
         if count:
-            popitem = self.free_cached.popitem
-            cached = self.cached
+            popitem = self._free_cached.popitem
+            cached = self._cached
             append = table.append
             for _ in range(count):
                 block = popitem(False)[1]
@@ -200,10 +205,10 @@ class KVCacheManager:
         if not self.enable_prefix_caching:
             return
         request_id = request.request_id
-        table = self.tables.get(request_id)
+        table = self._tables.get(request_id)
         if not table:
             return
-        start = self.num_cached_blocks.get(request_id, 0)
+        start = self._num_cached_blocks.get(request_id, 0)
         end = num_computed_tokens // self.block_size
         if end > len(table):
             end = len(table)
@@ -212,7 +217,7 @@ class KVCacheManager:
         hashes = request.block_hashes
         if len(hashes) < end:
             hashes = self.request_block_hashes(request)
-        cached = self.cached
+        cached = self._cached
         stored: list[BlockHash] = []
         for index in range(start, end):
             block = table[index]
@@ -222,18 +227,18 @@ class KVCacheManager:
                     block.block_hash = block_hash
                     cached[block_hash] = block
                     stored.append(block_hash)
-        self.num_cached_blocks[request_id] = end
+        self._num_cached_blocks[request_id] = end
         if stored and self.record_events:
             parent = hashes[start - 1] if start > 0 else None
             self.events.append(KVEvent("stored", stored, parent, len(stored) * self.block_size))
 
     def free(self, request: Request) -> None:
         """Release the request's blocks; tail blocks go to the eviction end first so prefixes live longest."""
-        table = self.tables.pop(request.request_id, None)
-        self.num_cached_blocks.pop(request.request_id, None)
+        table = self._tables.pop(request.request_id, None)
+        self._num_cached_blocks.pop(request.request_id, None)
         if not table:
             return
-        free_cached = self.free_cached
+        free_cached = self._free_cached
         unhashed: list[KVBlock] = []
         for block in reversed(table):
             block.ref_count -= 1
@@ -243,17 +248,17 @@ class KVCacheManager:
                 else:
                     free_cached[block.block_id] = block
         # Pushed tail first, so the request's first unhashed block is the next one handed out.
-        self.free_unhashed += unhashed
+        self._free_unhashed += unhashed
 
     def reset_prefix_cache(self) -> None:
         # The cached free blocks lose their hashes and stay where they are in eviction order: after the
         # blocks that never had one.
-        cached_free = list(self.free_cached.values())
+        cached_free = list(self._free_cached.values())
         for block in cached_free:
             block.block_hash = None
-        self.free_unhashed[:0] = cached_free[::-1]
-        self.free_cached.clear()
-        self.cached = {h: b for h, b in self.cached.items() if b.ref_count > 0}
+        self._free_unhashed[:0] = cached_free[::-1]
+        self._free_cached.clear()
+        self._cached = {h: b for h, b in self._cached.items() if b.ref_count > 0}
         if self.record_events:
             self.events.append(KVEvent("cleared"))
 

@@ -77,22 +77,33 @@ class Request:
     def finish_reason(self) -> str | None:
         return self.status.value if self.status.finished else None
 
-    def check_stop_after_token(self) -> bool:
-        """Apply token-level stop rules to the newest output token; string stops live in the detokenizer."""
+    def tokens_before_length_stop(self, max_model_len: int) -> int:
+        """How many more tokens it may sample before a length stop ends it: at max_tokens output tokens (never
+        before min_tokens) or at max_model_len tokens in all. A request with none left stops."""
         params = self.sampling_params
         num_output_tokens = len(self.output_token_ids)
-        if num_output_tokens < params.min_tokens:
-            return False
-        last = self.output_token_ids[-1]
-        if not params.ignore_eos and last in self.eos_token_ids:
-            self.status = RequestStatus.FINISHED_STOPPED
-            self.stop_reason = None
-            return True
-        if last in params.stop_token_ids:
-            self.status = RequestStatus.FINISHED_STOPPED
-            self.stop_reason = last
-            return True
-        if num_output_tokens >= (params.max_tokens or 1 << 30):  # self.max_tokens, without the property call
+        limit = params.max_tokens or 1 << 30
+        if limit < params.min_tokens:
+            limit = params.min_tokens
+        by_output = limit - num_output_tokens
+        by_context = max_model_len - len(self.prompt_token_ids) - num_output_tokens
+        return by_output if by_output < by_context else by_context
+
+    def check_stop_after_token(self, max_model_len: int) -> bool:
+        """Apply the stop rules to the newest output token: end of sequence and stop tokens (from min_tokens on),
+        then the length stop; string stops live in the detokenizer."""
+        params = self.sampling_params
+        if len(self.output_token_ids) >= params.min_tokens:
+            last = self.output_token_ids[-1]
+            if not params.ignore_eos and last in self.eos_token_ids:
+                self.status = RequestStatus.FINISHED_STOPPED
+                self.stop_reason = None
+                return True
+            if last in params.stop_token_ids:
+                self.status = RequestStatus.FINISHED_STOPPED
+                self.stop_reason = last
+                return True
+        if self.tokens_before_length_stop(max_model_len) <= 0:
             self.status = RequestStatus.FINISHED_LENGTH
             return True
         return False

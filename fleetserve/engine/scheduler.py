@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from fleetserve.engine.admission import RequestRefused, kv_cache_refusal
+from fleetserve.engine.decode_run import DecodeRun, advance_decode_run, plan_decode_run
 from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import Request, RequestStatus
 
@@ -137,6 +138,55 @@ class Scheduler:
         self.running.append(request)
         return ScheduledRequest(request, num_new, num_cached)
 
+    def begin_decode_run(self) -> DecodeRun | None:
+        """Plan a run of decode steps from here (`fleetserve.engine.decode_run`), or None when the next step
+        must be built by `schedule`. With one request to admit, the run opens with the step that admits it,
+        begun here as `schedule` begins it, when that step is simple enough (see `_begin_admission_step`)."""
+        config = self.config
+        if self.waiting and len(self.running) < config.max_num_seqs and not self._begin_admission_step():
+            return None
+        return plan_decode_run(self.running, self.kv_cache, config.max_num_batched_tokens,
+                               config.long_prefill_token_threshold, config.max_model_len)
+
+    def apply_decode_run(self, run: DecodeRun, steps: int) -> list[Request]:
+        """Advance every request of `run` over its first `steps` steps (at most `run.steps`, none of them
+        changed since `begin_decode_run`) and end those at their length stop; returns the ended, in running
+        order."""
+        finished = advance_decode_run(run, steps, self.kv_cache)
+        for request in finished:
+            request.status = RequestStatus.FINISHED_LENGTH
+            self._remove(request)
+        return finished
+
+    def _begin_admission_step(self) -> bool:
+        """Begin the step that admits the one waiting request as `schedule` begins it (each running request's
+        block for its decode token, then the admission), so that the step can open a decode run, the admitted
+        request its trailing prefill. Only when that step is this simple: one request waiting, every running
+        request decoding, and room in the token budget and for sure in the KV cache; otherwise False, with
+        nothing changed. Should no run be planned after all, `schedule` does the same step: its block
+        allocations are already there, and the request is running."""
+        waiting, running, kv = self.waiting, self.running, self.kv_cache
+        decodes = len(running)
+        budget = self.config.max_num_batched_tokens
+        if len(waiting) != 1 or decodes >= budget:
+            return False
+        block_size = kv.block_size
+        crossing: list[Request] = []
+        for request, held in zip(running, kv.held_block_counts(running)):
+            done = request.num_computed_tokens
+            if len(request.prompt_token_ids) + len(request.output_token_ids) - done != 1:
+                return False
+            if (done + block_size) // block_size > held:
+                crossing.append(request)
+        # The admission needs at most a block per token of the request (fewer with a prefix hit).
+        if len(crossing) + kv.blocks_needed(waiting[0].num_tokens) > kv.num_free_blocks:
+            return False
+        for request in crossing:
+            kv.allocate_slots(request, 1)
+        if self.admit_next_waiting(budget - decodes) is None:
+            raise AssertionError(f"request {waiting[0].request_id} was not admitted though its blocks fit")
+        return True
+
     def _cap_prefill(self, num_new: int) -> int:
         threshold = self.config.long_prefill_token_threshold
         return min(num_new, threshold) if threshold > 0 else num_new
@@ -170,9 +220,7 @@ class Scheduler:
             if computed < num_tokens:  # a prompt chunk short of the end samples nothing
                 continue
             request.output_token_ids.append(token)
-            if request.check_stop_after_token() or num_tokens + 1 >= max_model_len:
-                if not request.is_finished:
-                    request.status = RequestStatus.FINISHED_LENGTH
+            if request.check_stop_after_token(max_model_len):
                 self._remove(request)
                 finished.append(request)
         return finished

@@ -4,8 +4,8 @@ Each step goes as in the engine's loop: the requests that arrived during the pre
 scheduler builds the batch, the step lasts as long as the performance model says, and at its end the
 scheduler is updated with one sampled token per sampling request. Tokens are dummies: requests run with
 ignore_eos, so only the trace's output length (max_tokens) or the context length ends them. A request
-arriving mid-step joins the next step. Runs of pure decode steps are advanced as segments
-(fleetserve.sim.segment), with the same results.
+arriving mid-step joins the next step. Runs of pure decode steps are planned and applied by the scheduler
+(`Scheduler.begin_decode_run`) and timed as segments (fleetserve.sim.segment), with the same results.
 
 The replica also keeps the router's view of its load, a `fleetserve.fleet.replicas.Replica` fed the calls
 the live proxy makes (begin when routed, first_byte, progress per token, finish).
@@ -24,7 +24,7 @@ from fleetserve.fleet.replicas import Replica
 from fleetserve.perf.model import PerfModel
 from fleetserve.perf.step_shape import shape_of
 from fleetserve.sim.config import ReplicaConfig, SimOptions
-from fleetserve.sim.segment import Segment, apply_segment, plan_segment
+from fleetserve.sim.segment import Segment, plan_segment
 from fleetserve.sim.tracked import TrackedRequest
 
 
@@ -96,10 +96,10 @@ class SimReplica:
         segment = self.segment
         if segment is not None:
             if not segment.complete:
-                self.busy_until = segment.extend(self)
+                self.busy_until = segment.extend(self.perf)
                 return self.busy_until
             self.segment = None
-            apply_segment(self, segment)
+            self._apply_segment(segment)
         elif self.pending is not None:
             self._end_step(now)
         return self._start_step(now)
@@ -113,11 +113,11 @@ class SimReplica:
                     self._reject(tracked, now, error.refusal.error_kind, error.refusal.message)
             self.inbox.clear()
         if self.options.skip_decodes:
-            segment = plan_segment(self, now)
+            segment = plan_segment(self.scheduler, self.tracked, now)
             if segment is not None:
                 self.segment = segment
                 self.num_segments += 1
-                self.busy_until = segment.extend(self)
+                self.busy_until = segment.extend(self.perf)
                 return self.busy_until
         out = self.scheduler.schedule()
         for request in out.preempted:
@@ -150,6 +150,13 @@ class SimReplica:
             self.complete(self.tracked[request.request_id], now)
         self.num_full_steps += 1
         self.count_steps(1, now - self.step_start)
+
+    def _apply_segment(self, segment: Segment) -> None:
+        finished = segment.apply(self.scheduler, self.router, self.options.record_token_times)
+        last = segment.ends[segment.steps - 1]
+        self.count_steps(segment.steps, last - segment.start)
+        for request in finished:
+            self.complete(self.tracked[request.request_id], last)
 
     def count_steps(self, steps: int, busy_s: float) -> None:
         self.num_steps += steps

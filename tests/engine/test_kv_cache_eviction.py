@@ -23,20 +23,20 @@ class QueueCheckedKVCache(KVCacheManager):
 
     def allocate_slots(self, request, num_new_tokens, computed_blocks=()):
         reclaimed = [block.block_id for block in computed_blocks if block.ref_count == 0]
-        held = len(self.tables.get(request.request_id, ()))
+        held = len(self.block_table(request.request_id))
         if not super().allocate_slots(request, num_new_tokens, computed_blocks):
             self.assert_same_order()
             return False
         for block_id in reclaimed:
             self.queue.remove(block_id)
-        new = [block.block_id for block in self.tables[request.request_id][held + len(computed_blocks):]]
+        new = self.block_table(request.request_id)[held + len(computed_blocks):]
         assert new == self.queue[:len(new)]
         del self.queue[:len(new)]
         self.assert_same_order()
         return True
 
     def free(self, request):
-        table = list(self.tables.get(request.request_id, ()))
+        table = [self.blocks[block_id] for block_id in self.block_table(request.request_id)]
         super().free(request)
         for block in reversed(table):
             if block.ref_count == 0:
@@ -53,8 +53,9 @@ class QueueCheckedKVCache(KVCacheManager):
     def assert_same_order(self) -> None:
         assert [block.block_id for block in self.free_blocks_in_eviction_order()] == self.queue
         assert self.num_free_blocks == len(self.queue)
-        assert all(self.cached[block.block_hash] is block for block in self.blocks if block.block_hash is not None)
-        assert all(block.block_hash == block_hash for block_hash, block in self.cached.items())
+        # The prefix cache's own map, checked from inside: every entry and the block that carries its hash agree.
+        assert all(self._cached[block.block_hash] is block for block in self.blocks if block.block_hash is not None)
+        assert all(block.block_hash == block_hash for block_hash, block in self._cached.items())
 
 
 def test_blocks_without_a_hash_go_out_before_cached_ones_and_prefixes_are_evicted_last():
@@ -64,7 +65,7 @@ def test_blocks_without_a_hash_go_out_before_cached_ones_and_prefixes_are_evicte
     for request in (cached, partial):
         kv.allocate_slots(request, request.num_tokens)
         kv.cache_blocks(request, request.num_tokens)
-    partial_block = kv.tables["partial"][0]
+    partial_block = kv.blocks[kv.block_table("partial")[0]]
     kv.free(cached)
     kv.free(partial)
     order = kv.free_blocks_in_eviction_order()
@@ -86,8 +87,9 @@ def test_reset_keeps_the_order_and_drops_every_free_hash():
     kv.allocate_slots(first, 4)
     kv.cache_blocks(first, 4)
     kv.free(first)
+    assert kv.cached_prefix_length(first.block_hashes) == 2
     kv.reset_prefix_cache()
-    assert not kv.cached and all(block.block_hash is None for block in kv.blocks)
+    assert kv.cached_prefix_length(first.block_hashes) == 0 and all(block.block_hash is None for block in kv.blocks)
     kv.allocate_slots(make_request("b", [0] * 11, max_tokens=1), 11)
     assert kv.num_free_blocks == 0
 

@@ -1,0 +1,140 @@
+"""A run of decode steps planned and applied by the scheduler leaves the scheduler and the KV cache as
+stepping `schedule`/`update_from_output` token by token would, on the engine's own classes.
+
+Block ids may differ (a run takes each request's new blocks at once, stepping takes them a step at a time
+across requests), so blocks are compared by what they hold: their hash, or none. For the same reason the
+KV-event feed may group and order its entries differently; what a subscriber learns from it is the same."""
+from __future__ import annotations
+
+import copy
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleetserve.engine.kv_cache import KVCacheManager
+from fleetserve.engine.request import Request, RequestStatus
+from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
+
+from scheduler_ops import apply_operation, make_request
+
+PLACEHOLDER = 0  # the token a decode run appends; stepping samples the same, so block hashes agree
+
+
+def step(scheduler: Scheduler) -> list[Request]:
+    out = scheduler.schedule()
+    return scheduler.update_from_output(out, {s.request.request_id: PLACEHOLDER for s in out.scheduled if s.samples})
+
+
+def state(scheduler: Scheduler, requests: dict[str, Request]) -> dict:
+    kv = scheduler.kv_cache
+    hashes = {rid: list(request.block_hashes) for rid, request in requests.items()}
+    return {
+        "requests": {rid: (r.status, r.num_computed_tokens, list(r.output_token_ids),
+                           [kv.blocks[block_id].block_hash for block_id in kv.block_table(rid)])
+                     for rid, r in requests.items()},
+        "running": [r.request_id for r in scheduler.running],
+        "waiting": [r.request_id for r in scheduler.waiting],
+        "free": [block.block_hash for block in kv.free_blocks_in_eviction_order()],
+        "cached_prefix": {rid: kv.cached_prefix_length(chain) for rid, chain in hashes.items()},
+        "prefix_counters": (kv.prefix_cache_queries, kv.prefix_cache_hits),
+        "published": published(kv),
+        "preemptions": scheduler.num_preemptions,
+    }
+
+
+def published(kv: KVCacheManager) -> dict[int, bool]:
+    """What the KV-event feed told a subscriber since the last call: for each block hash it named, whether
+    that hash is now cached (its last event stored it) or not (removed). The tests never clear the cache."""
+    net: dict[int, bool] = {}
+    for event in kv.take_events():
+        assert event.kind != "cleared"
+        for block_hash in event.block_hashes:
+            net[block_hash] = event.kind == "stored"
+    return net
+
+
+def assert_run_matches_stepping(scheduler: Scheduler, cut: int) -> bool:
+    """Plan a run on `scheduler` and apply its first steps (`cut` picks how many); step a copy as many times
+    token by token; both end in the same state. False when no run was planned (then one `schedule` step on
+    each must agree: a begun admission step is the one `schedule` would begin)."""
+    stepped = copy.deepcopy(scheduler)
+    requests = dict(scheduler.requests)
+    stepped_requests = dict(stepped.requests)
+    run = scheduler.begin_decode_run()
+    if run is None:
+        assert [r.request_id for r in step(scheduler)] == [r.request_id for r in step(stepped)]
+        assert state(scheduler, requests) == state(stepped, stepped_requests)
+        return False
+    steps = 1 + cut % run.steps
+    finished = scheduler.apply_decode_run(run, steps)
+    finished_stepping: list[Request] = []
+    for _ in range(steps):
+        finished_stepping += step(stepped)
+    assert [r.request_id for r in finished] == [r.request_id for r in finished_stepping]
+    assert state(scheduler, requests) == state(stepped, stepped_requests)
+    if steps == run.steps and finished:
+        assert all(r.status is RequestStatus.FINISHED_LENGTH for r in finished)
+    return True
+
+
+def test_a_run_opened_by_an_admission_prefills_the_newcomer_and_decodes_the_others():
+    kv = KVCacheManager(num_blocks=64, block_size=4, record_events=True)
+    scheduler = Scheduler(SchedulerConfig(max_num_seqs=8, max_num_batched_tokens=16, max_model_len=128), kv)
+    for rid, prompt_len, max_tokens in (("a", 6, 12), ("b", 9, 20)):
+        scheduler.add_request(make_request(rid, list(range(prompt_len)), max_tokens=max_tokens))
+    while any(r.num_output_tokens == 0 for r in scheduler.running) or scheduler.waiting:
+        step(scheduler)
+    scheduler.add_request(make_request("c", list(range(100, 140)), max_tokens=20))
+    probe = copy.deepcopy(scheduler)
+    run = probe.begin_decode_run()
+    assert run is not None and run.prefill is not None
+    assert [r.request_id for r in run.decoding] == ["a", "b"] and run.prefill.request.request_id == "c"
+    assert run.prefill.chunks == [14, 14, 12] and run.prefill.completes
+    # "a" reaches max_tokens first: it has sampled 1 token, so 11 more steps end the run.
+    assert run.steps == 11
+    assert assert_run_matches_stepping(scheduler, cut=10)  # the whole run: "a" finishes in its last step
+    assert "a" not in scheduler.requests and scheduler.requests["c"].num_output_tokens == 11 - 3 + 1  # sampled from its last chunk on
+
+
+def test_the_stop_rule_counts_max_tokens_and_the_context_length():
+    request = make_request("r", list(range(10)), max_tokens=8)
+    assert request.tokens_before_length_stop(max_model_len=100) == 8
+    assert request.tokens_before_length_stop(max_model_len=15) == 5
+    request.output_token_ids += [PLACEHOLDER] * 5
+    assert request.tokens_before_length_stop(max_model_len=15) == 0
+    assert request.check_stop_after_token(max_model_len=15) and request.status is RequestStatus.FINISHED_LENGTH
+
+
+ops = st.lists(st.tuples(st.sampled_from(["add", "add", "step", "step", "step", "abort"]), st.integers(0, 10_000)),
+               max_size=40)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(ops, st.integers(4, 48), st.sampled_from([1, 2, 4]), st.integers(2, 40), st.sampled_from([0, 0, 3, 8]),
+       st.booleans(), st.integers(0, 1000))
+def test_a_planned_and_applied_run_matches_stepping_token_by_token(operations, num_blocks, block_size, budget,
+                                                                   prefill_cap, caching, cut):
+    kv = KVCacheManager(num_blocks, block_size, enable_prefix_caching=caching, record_events=True)
+    config = SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=budget, max_model_len=96,
+                             long_prefill_token_threshold=prefill_cap)
+    scheduler = Scheduler(config, kv)
+    live: list[str] = []
+
+    def prompt_for(index: int, value: int) -> list[int]:
+        length = 1 + value % (num_blocks * block_size // 2)
+        shared = [value % 3] * (value % (length + 1))  # prefixes that other requests repeat: prefix hits
+        return (shared + list(range(100 + index, 100 + index + length)))[:length]
+
+    for i, (op, value) in enumerate(operations):
+        if op == "add":
+            request = make_request(f"q{i}", prompt_for(i, value), max_tokens=1 + value % 40)
+            try:
+                scheduler.add_request(request)
+                live.append(request.request_id)
+            except ValueError:
+                pass
+        else:
+            apply_operation(scheduler, op, value, i, prompt_for, live)
+    kv.take_events()
+    for attempt in range(3):  # a few runs in a row, each from where the last one left off
+        assert_run_matches_stepping(scheduler, cut + attempt)
