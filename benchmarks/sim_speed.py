@@ -7,7 +7,7 @@ Llama-3-8B (benchmarks/models/llama-3-8b.json) under the roofline model.
 
     .venv/bin/python benchmarks/sim_speed.py [--requests 100000] [--fleet h100:64] [--policy round_robin]
         [--max-num-batched-tokens 512] [--max-num-seqs 64] [--block-size 16] [--no-token-times] [--no-skip]
-        [--json PATH]
+        [--prefix-view events|perfect] [--json PATH]
 
 Reports wall time and this process's CPU time for the replay alone (building the workload and the
 replicas, and summarizing, are timed apart): on a busy machine the CPU time is the better estimate of
@@ -27,7 +27,7 @@ from fleetserve.model.config import ModelConfig
 from fleetserve.perf.hardware import parse_fleet_spec
 from fleetserve.perf.roofline import RooflineModel
 from fleetserve.sim.build import build_replicas
-from fleetserve.sim.config import ReplicaConfig, SimOptions
+from fleetserve.sim.config import PREFIX_VIEWS, ReplicaConfig, SimOptions
 from fleetserve.sim.fleet import SimFleet
 from fleetserve.workload.spec import Workload
 from fleetserve.workload.traces import read_trace
@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=ReplicaConfig.block_size)
     parser.add_argument("--no-token-times", action="store_true", help="do not keep every token's time")
     parser.add_argument("--no-skip", action="store_true", help="simulate every decode step")
+    parser.add_argument("--prefix-view", choices=PREFIX_VIEWS, default=SimOptions.prefix_view,
+                        help="how the router learns cached prefixes (as `fleetserve sim --prefix-view`)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -71,7 +73,8 @@ def main() -> None:
     perf = {hardware.name: RooflineModel(model_config, hardware) for hardware, _ in fleet_spec}
     config = ReplicaConfig(block_size=args.block_size, max_num_batched_tokens=args.max_num_batched_tokens,
                            max_num_seqs=args.max_num_seqs)
-    options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times)
+    options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times,
+                         prefix_view=args.prefix_view)
     replicas = build_replicas(fleet_spec, perf, config, model_config.max_position_embeddings, options)
     fleet = SimFleet(replicas, make_policy(args.policy))
 

@@ -35,7 +35,17 @@ class ReplicaConfig:
         return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_len)
 
 
+PREFIX_VIEWS = ("events", "perfect")
+
+
 @dataclass(frozen=True)
 class SimOptions:
     skip_decodes: bool = True  # advance stretches of pure decode steps at once (same results, faster)
     record_token_times: bool = True  # keep every token's time (ITL); off saves memory on huge runs
+    # How the router learns which replica caches which prefix: "events" feeds the live router's PrefixIndex
+    # from each replica's KV events; "perfect" reads the replicas' KV caches directly.
+    prefix_view: str = "events"
+
+    def __post_init__(self) -> None:
+        if self.prefix_view not in PREFIX_VIEWS:
+            raise ValueError(f"prefix_view must be one of {list(PREFIX_VIEWS)}, got {self.prefix_view!r}")

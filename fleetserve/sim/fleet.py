@@ -53,7 +53,10 @@ class SimFleet:
         self.index_of = {replica.replica_id: index for index, replica in enumerate(replicas)}
         if len(self.index_of) != len(replicas):
             raise ValueError("replica ids must be unique")
-        self.view = RouterView(replicas)
+        prefix_views = {replica.options.prefix_view for replica in replicas}
+        if len(prefix_views) > 1:
+            raise ValueError(f"every replica must use one prefix view, got {sorted(prefix_views)}")
+        self.view = RouterView(replicas, prefix_views.pop())
         self.queue = WakeupQueue(len(replicas))
         self.clock = 0.0
         self._params: dict[int, SamplingParams] = {}
@@ -119,7 +122,7 @@ class SimFleet:
         route = RouteRequest(spec.request_id, prompt, output, tuple(hashes[:prompt // block_size]),
                              session_key=spec.session_id)
         # A prefix hit never covers the prompt's last token (the scheduler computes it for its logits).
-        snapshot = self.view.snapshot(hashes[:min(shared, (prompt - 1) // block_size)])
+        snapshot = self.view.snapshot(hashes[:min(shared, (prompt - 1) // block_size)], now)
         replica_id = self.policy.choose(route, snapshot)
         index = self.index_of.get(replica_id)
         if index is None:
