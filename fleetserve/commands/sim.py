@@ -13,7 +13,7 @@ import math
 from fleetserve.commands.bench_arguments import _positive
 from fleetserve.fleet.config import RouterConfig
 from fleetserve.fleet.policies import POLICY_NAMES, PolicyOptions
-from fleetserve.sim.config import DEFAULT_MAX_QUEUE, ReplicaConfig
+from fleetserve.sim.config import DEFAULT_MAX_QUEUE, PREFIX_VIEWS, ReplicaConfig, SimOptions
 from fleetserve.workload.traces import TRACE_KINDS
 
 _DEFAULTS = ReplicaConfig()
@@ -63,6 +63,9 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     engine.add_argument("--max-queue", type=_positive(int), default=DEFAULT_MAX_QUEUE,
                         help="waiting requests before 429")
     p.add_argument("--no-skip", action="store_true", help="simulate every decode step (slower, same results)")
+    p.add_argument("--prefix-view", choices=PREFIX_VIEWS, default=SimOptions.prefix_view,
+                   help="how the router learns which replica caches a prefix: 'events' (the live router's index, "
+                        "fed by each replica's KV events) or 'perfect' (a direct look into every cache)")
     p.add_argument("--no-token-times", action="store_true",
                    help="keep only first-token and end times (saves memory on huge runs; no ITL)")
     p.add_argument("--json", default=None, help="write the result here (the `bench serve` JSON, plus `sim`)")
@@ -79,7 +82,6 @@ def run(args: argparse.Namespace) -> int:
     from fleetserve.bench.serve import _prepare_output, load_workload, shape_workload, write_request_log
     from fleetserve.fleet.policies import PolicyOptions, make_policy
     from fleetserve.perf.hardware import parse_fleet_spec
-    from fleetserve.sim.config import ReplicaConfig, SimOptions
     from fleetserve.sim.perf_setup import load_model_config, load_profiles, perf_models
     from fleetserve.sim.simulate import sim_result, simulate
     from fleetserve.sim.validate import load_live_run
@@ -102,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     perf = perf_models(fleet, perf_specs, model_config, profiles)
     replica_config = ReplicaConfig(args.block_size, args.max_num_seqs, args.max_num_batched_tokens,
                                    args.max_model_len, not args.no_prefix_caching, args.max_queue)
-    options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times)
+    options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times,
+                         prefix_view=args.prefix_view)
     policy = make_policy(args.policy, PolicyOptions(max_imbalance_tokens=args.max_imbalance_tokens,
                                                     default_ttft_slo_ms=args.ttft_slo_ms))
 
