@@ -153,7 +153,7 @@ def part_overhead(args: argparse.Namespace) -> dict:
             "--max-concurrency", "8"]
     replica_port, router_port = free_port(), free_port()
     replica_url, router_url = f"http://127.0.0.1:{replica_port}", f"http://127.0.0.1:{router_port}"
-    logs = [open(args.out / "logs" / "overhead_replica.log", "wb"), open(args.out / "logs" / "overhead_router.log", "wb")]
+    logs = [open(args.out / "logs" / f"overhead_{part}.log", "wb") for part in ("replica", "router")]
     replica = subprocess.Popen([PYTHON, "-m", "fleetserve.cli", "serve", "--port", str(replica_port), "--threads", "1",
                                 "--kv-cache-memory", args.kv_per_replica, "--no-access-log", *args.engine_args],
                                cwd=ROOT, stdout=logs[0], stderr=subprocess.STDOUT)

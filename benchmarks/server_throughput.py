@@ -95,8 +95,8 @@ def main() -> None:
     parser.add_argument("--skip-llamacpp", action="store_true")
     args = parser.parse_args()
     from fleetserve.bench.offline import parse_range
-    workload = make_workload(args.requests, parse_range(args.input_len, "input"), parse_range(args.output_len, "output"),
-                             0, 49152)
+    workload = make_workload(args.requests, parse_range(args.input_len, "input"),
+                             parse_range(args.output_len, "output"), 0, 49152)
     from fleetserve.model.loader import resolve_model
     from fleetserve.model.tokenizer import Tokenizer
     tokenizer = Tokenizer(resolve_model(None))

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,7 +21,7 @@ _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fope
 _loaded: dict[Path, ctypes.CDLL | None] = {}
 
 _P, _I = ctypes.c_void_p, ctypes.c_int
-_SIGNATURES = {
+_SIGNATURES: dict[Path, dict[str, tuple[Any, list[Any]]]] = {
     ATTENTION_SOURCE: {
         "paged_decode_attention": (None, [_P] * 5 + [_I] * 5 + [ctypes.c_int64, _I, ctypes.c_float, _I]),
     },

