@@ -6,7 +6,7 @@ TORCH_SPEC := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || e
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install -q --disable-pip-version-check --no-warn-script-location
 
-.PHONY: install peers serve test test-quick clean
+.PHONY: install peers serve lint test test-quick clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,16 @@ peers: $(STAMP)
 serve: $(STAMP)
 	$(VENV)/bin/fleetserve serve
 
-test: $(STAMP)
+# ruff: lint and import order over the whole tree; mypy: the files listed under [tool.mypy] in pyproject.toml.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: lint
 	$(PY) -m pytest -q
 
 test-quick: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .mypy_cache .ruff_cache
