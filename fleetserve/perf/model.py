@@ -1,6 +1,8 @@
-"""What every performance model answers: how long one engine step takes, and how much KV cache fits."""
+"""What every performance model answers: how long one engine step takes, how long a run of decode steps
+takes, and how much KV cache fits."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from numbers import Integral
 from typing import Protocol, runtime_checkable
@@ -52,12 +54,26 @@ class StepShape:
         return self.new_tokens == 0
 
 
+def decode_run_shapes(decode_seqs: int, first_context_tokens: int, num_steps: int) -> Iterator[StepShape]:
+    """The steps of a run of pure decodes: step i (0-based) decodes `decode_seqs` sequences over
+    `first_context_tokens + i * decode_seqs` context tokens, each sequence one token longer than the step before."""
+    for step in range(num_steps):
+        yield StepShape(0, decode_seqs, first_context_tokens + step * decode_seqs)
+
+
 @runtime_checkable
 class PerfModel(Protocol):
+    """Everything the simulator asks of a performance model; every model implements all of it."""
+
     name: str
 
     def step_time(self, shape: StepShape) -> float:
         """Seconds one engine step of this shape takes, end to end (scheduling and sampling included)."""
+        ...
+
+    def decode_step_durations(self, decode_seqs: int, first_context_tokens: int, num_steps: int) -> list[float]:
+        """step_time of each step of `decode_run_shapes(...)`, equal to the last bit: the simulator prices a
+        run of decodes with one call instead of one call a step."""
         ...
 
     def kv_capacity_tokens(self) -> int:

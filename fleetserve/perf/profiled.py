@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fleetserve.perf.model import StepShape
+from fleetserve.perf.model import StepShape, decode_run_shapes
 from fleetserve.perf.step_shape import BatchShape, decode_context, prefill_pairs
 
 PROFILE_FORMAT = "fleetserve-profile/1"
@@ -67,9 +67,10 @@ class StepSample:
 
     @classmethod
     def of(cls, shape: StepShape, seconds: float) -> StepSample:
-        exact = isinstance(shape, BatchShape)
-        return cls(shape.prefill_tokens, shape.decode_seqs, shape.context_tokens, shape.prefill_seqs, seconds,
-                   shape.decode_context_tokens if exact else None, shape.prefill_pairs if exact else None)
+        if isinstance(shape, BatchShape):
+            return cls(shape.prefill_tokens, shape.decode_seqs, shape.context_tokens, shape.prefill_seqs, seconds,
+                       shape.decode_context_tokens, shape.prefill_pairs)
+        return cls(shape.prefill_tokens, shape.decode_seqs, shape.context_tokens, shape.prefill_seqs, seconds)
 
     @property
     def shape(self) -> StepShape:
@@ -112,9 +113,7 @@ class ProfiledModel:
         return self.kv_capacity
 
     def decode_step_durations(self, decode_seqs: int, first_context_tokens: int, num_steps: int) -> list[float]:
-        """step_time of StepShape(0, decode_seqs, first_context_tokens + i * decode_seqs) for each step i."""
-        return [self.step_time(StepShape(0, decode_seqs, first_context_tokens + step * decode_seqs))
-                for step in range(num_steps)]
+        return [self.step_time(shape) for shape in decode_run_shapes(decode_seqs, first_context_tokens, num_steps)]
 
     # --- fitting -------------------------------------------------------------------------------------
 

@@ -38,10 +38,7 @@ class StepEstimate:
     compute_s: float
     memory_s: float
     overhead_s: float
-
-    @property
-    def total_s(self) -> float:
-        return max(self.compute_s, self.memory_s) + self.overhead_s
+    total_s: float  # the slower of compute and memory, plus the overhead: what step_time answers
 
     @property
     def bound(self) -> Literal["compute", "memory"]:
@@ -78,6 +75,8 @@ class RooflineModel:
         self.memory_utilization = memory_utilization
         self.activation_reserve_bytes = activation_reserve_bytes
         self.name = f"roofline/{hardware.name}"
+        self.usable_flops_s = hardware.peak_bf16_flops * compute_efficiency
+        self.usable_bytes_s = hardware.memory_bandwidth_bytes_s * bandwidth_efficiency
 
         embedding_params = model_config.vocab_size * model_config.hidden_size
         embedding_tables = 1 if model_config.tie_word_embeddings else 2
@@ -93,37 +92,55 @@ class RooflineModel:
                                          * model_config.head_dim)
 
     def step_time(self, shape: StepShape) -> float:
-        # `estimate(shape).total_s` without building the estimate (the simulator prices every step with
-        # this): the same float operations in the same order, so the same value to the last bit.
-        new_tokens = shape.prefill_tokens + shape.decode_seqs
-        if new_tokens == 0:
-            return 0.0
-        sampling_seqs = shape.decode_seqs + shape.num_prefill_seqs
-        flops = (2 * self.body_params * new_tokens
-                 + 2 * self.lm_head_params * sampling_seqs
-                 + self.attention_flops_per_pair * attended_pairs(shape))
-        bytes_moved = self.weight_bytes_read_per_step + self.kv_bytes_per_token * (shape.context_tokens + new_tokens)
-        compute_s = flops / (self.hardware.peak_bf16_flops * self.compute_efficiency)
-        memory_s = bytes_moved / (self.hardware.memory_bandwidth_bytes_s * self.bandwidth_efficiency)
-        return max(compute_s, memory_s) + self.step_overhead_s
+        durations, _ = self._priced_steps(shape.prefill_tokens, shape.num_prefill_seqs, shape.decode_seqs,
+                                          shape.context_tokens, 1)
+        return durations[0]
+
+    def decode_step_durations(self, decode_seqs: int, first_context_tokens: int, num_steps: int) -> list[float]:
+        durations, _ = self._priced_steps(0, 0, decode_seqs, first_context_tokens, num_steps)
+        return durations
 
     def estimate(self, shape: StepShape) -> StepEstimate:
-        if shape.is_empty:
-            return StepEstimate(0.0, 0.0, 0.0, 0.0, 0.0)
+        durations, (flops, bytes_moved, compute_s, memory_s) = self._priced_steps(
+            shape.prefill_tokens, shape.num_prefill_seqs, shape.decode_seqs, shape.context_tokens, 1)
+        overhead_s = 0.0 if shape.is_empty else self.step_overhead_s
+        return StepEstimate(flops, bytes_moved, compute_s, memory_s, overhead_s, durations[0])
+
+    def _priced_steps(self, prefill_tokens: int, prefill_seqs: int, decode_seqs: int, first_context_tokens: int,
+                      num_steps: int) -> tuple[list[float], tuple[float, float, float, float]]:
+        """The roofline, written once: the seconds of each of `num_steps` steps of one batch, every sequence
+        adding its new tokens to its context each step (one step of any shape, or a run of decodes), and
+        the last step's (flops, bytes moved, compute seconds, memory seconds).
+
+        `prefill_seqs` counts the sequences the prefill tokens belong to, at least one when there are any.
+        """
+        new_tokens = prefill_tokens + decode_seqs
+        if new_tokens == 0:
+            return [0.0] * num_steps, (0.0, 0.0, 0.0, 0.0)
+        seqs = decode_seqs + prefill_seqs
         # vLLM computes logits at the last position of every scheduled sequence, partial prefills included.
-        sampling_seqs = shape.decode_seqs + shape.num_prefill_seqs
-        flops = (2 * self.body_params * shape.new_tokens
-                 + 2 * self.lm_head_params * sampling_seqs
-                 + self.attention_flops_per_pair * attended_pairs(shape))
-        bytes_moved = (self.weight_bytes_read_per_step
-                       + self.kv_bytes_per_token * (shape.context_tokens + shape.new_tokens))
-        return StepEstimate(
-            flops=flops,
-            bytes_moved=bytes_moved,
-            compute_s=flops / (self.hardware.peak_bf16_flops * self.compute_efficiency),
-            memory_s=bytes_moved / (self.hardware.memory_bandwidth_bytes_s * self.bandwidth_efficiency),
-            overhead_s=self.step_overhead_s,
-        )
+        fixed_flops = 2 * self.body_params * new_tokens + 2 * self.lm_head_params * seqs
+        # Attended pairs as attended_pairs() counts them; each prefill chunk also attends, causally, to itself.
+        chunk = prefill_tokens / prefill_seqs if prefill_seqs else 0.0
+        own_chunk_pairs = prefill_seqs * chunk * (chunk + 1) / 2
+        # Hoisted: this loop prices every skipped decode step of the simulator.
+        per_pair, flops_per_s = self.attention_flops_per_pair, self.usable_flops_s
+        weights, per_token, bytes_per_s = self.weight_bytes_read_per_step, self.kv_bytes_per_token, self.usable_bytes_s
+        overhead = self.step_overhead_s
+        durations: list[float] = []
+        append = durations.append
+        context = first_context_tokens
+        flops = bytes_moved = compute_s = memory_s = 0.0
+        for _ in range(num_steps):
+            cached_per_seq = (context - new_tokens) / seqs
+            flops = fixed_flops + per_pair * (decode_seqs * (cached_per_seq + 1)
+                                              + (prefill_tokens * cached_per_seq + own_chunk_pairs))
+            bytes_moved = weights + per_token * (context + new_tokens)
+            compute_s = flops / flops_per_s
+            memory_s = bytes_moved / bytes_per_s
+            append((compute_s if compute_s > memory_s else memory_s) + overhead)
+            context += new_tokens
+        return durations, (flops, bytes_moved, compute_s, memory_s)
 
     def kv_capacity_tokens(self) -> int:
         usable = self.hardware.memory_bytes * self.memory_utilization
@@ -142,7 +159,8 @@ def attended_pairs(shape: StepShape) -> float:
 
     The shape carries only totals, so the KV cached before this step is spread evenly over the sequences
     and the prefill tokens evenly over the prefill sequences. This is exact for a pure decode step and for a
-    single prefill sequence; a mixed step is approximate.
+    single prefill sequence; a mixed step is approximate. RooflineModel's step pricing counts the same pairs
+    with the same float operations (a test holds its FLOPs to these pairs).
     """
     seqs = shape.decode_seqs + shape.num_prefill_seqs
     if seqs == 0:

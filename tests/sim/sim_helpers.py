@@ -1,7 +1,7 @@
 """Small performance models and replicas for simulator tests."""
 from __future__ import annotations
 
-from fleetserve.perf.model import StepShape
+from fleetserve.perf.model import StepShape, decode_run_shapes
 from fleetserve.sim.config import ReplicaConfig, SimOptions
 from fleetserve.sim.replica import SimReplica
 
@@ -19,6 +19,9 @@ class LinearPerf:
     def step_time(self, shape: StepShape) -> float:
         return (self.const + self.per_prefill_token * shape.prefill_tokens + self.per_decode * shape.decode_seqs
                 + self.per_context * shape.context_tokens)
+
+    def decode_step_durations(self, decode_seqs: int, first_context_tokens: int, num_steps: int) -> list[float]:
+        return [self.step_time(shape) for shape in decode_run_shapes(decode_seqs, first_context_tokens, num_steps)]
 
     def kv_capacity_tokens(self) -> int:
         return self.kv_tokens
