@@ -77,16 +77,16 @@ def _csv_xz(rows: list[dict]) -> bytes:
 
 
 def standin_profiles(cache: Path) -> None:
-    from sim_speed import LLAMA_3_8B
     from fleetserve.model.config import ModelConfig
     from fleetserve.perf.hardware import get_hardware
     from fleetserve.perf.model import StepShape
     from fleetserve.perf.roofline import RooflineModel
 
+    from sim_speed import LLAMA_3_8B
+
     cfg = ModelConfig.from_file(str(LLAMA_3_8B))
     roofline = RooflineModel(cfg, get_hardware("h100"))
-    flops_s = roofline.hardware.peak_bf16_flops * roofline.compute_efficiency
-    bytes_s = roofline.hardware.memory_bandwidth_bytes_s * roofline.bandwidth_efficiency
+    flops_s, bytes_s = roofline.usable_flops_s, roofline.usable_bytes_s
     b = roofline.dtype_bytes
     h, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     q_dim, kv_dim = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
@@ -176,8 +176,9 @@ def standin_profiles(cache: Path) -> None:
 
 
 def workload_csvs(out: Path, counts: list[int]) -> None:
-    from sim_speed import AZURE_CONV, repeated_trace
     from fleetserve.workload.traces import read_trace
+
+    from sim_speed import AZURE_CONV, repeated_trace
 
     trace = read_trace(AZURE_CONV)
     for count in counts:
