@@ -82,5 +82,7 @@ def check_profile_model(profile: ProfiledModel, model_config: ModelConfig) -> No
     differing = {name: (measured.get(name), getattr(model_config, name)) for name in ARCHITECTURE_FIELDS
                  if measured.get(name) != getattr(model_config, name)}
     if differing:
+        differences = ", ".join(f"{name} {measured_value} != {simulated}"
+                                for name, (measured_value, simulated) in differing.items())
         raise ValueError(f"profile {profile.source} was measured with another model "
-                         f"({profile.measured_on.get('model')}): {', '.join(f'{k} {a} != {b}' for k, (a, b) in differing.items())}")
+                         f"({profile.measured_on.get('model')}): {differences}")

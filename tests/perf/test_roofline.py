@@ -3,8 +3,12 @@ import pytest
 from fleetserve.model.config import ModelConfig
 from fleetserve.perf.hardware import CATALOG, get_hardware
 from fleetserve.perf.model import PerfModel, StepShape
-from fleetserve.perf.roofline import (DEFAULT_STEP_OVERHEAD_S, RooflineModel, attended_pairs,
-                                      default_activation_reserve_bytes)
+from fleetserve.perf.roofline import (
+    DEFAULT_STEP_OVERHEAD_S,
+    RooflineModel,
+    attended_pairs,
+    default_activation_reserve_bytes,
+)
 
 
 @pytest.fixture
