@@ -175,7 +175,8 @@ def timeline_figure(records: list[RequestRecord], title: str) -> Any:
     for metric, label, marker in ((ttft, "TTFT", "o"), (e2e, "E2E", ".")):
         points = [(record.sent_s, value * 1000) for record in completed if (value := metric(record)) is not None]
         if points:
-            latency_axes.scatter(*zip(*points), s=10, marker=marker, label=label, alpha=0.7)
+            sent, latency = zip(*points)
+            latency_axes.scatter(sent, latency, s=10, marker=marker, label=label, alpha=0.7)
     failed = [record.sent_s for record in records if not record.success]
     if failed:
         latency_axes.scatter(failed, [0] * len(failed), marker="x", color="red", label="failed", zorder=3)

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import TYPE_CHECKING
 
 from fleetserve.commands.bench_arguments import _positive
 from fleetserve.fleet.config import RouterConfig
 from fleetserve.fleet.policies import POLICY_NAMES, PolicyOptions
 from fleetserve.sim.config import DEFAULT_MAX_QUEUE, PREFIX_VIEWS, ReplicaConfig, SimOptions
 from fleetserve.workload.traces import TRACE_KINDS
+
+if TYPE_CHECKING:
+    from fleetserve.sim.fleet import Arrival
+    from fleetserve.workload.spec import Workload
 
 _DEFAULTS = ReplicaConfig()
 _SHAPING_FLAGS = ("speedup", "rate", "scale_lengths", "num_requests", "max_prompt_tokens", "max_output_tokens",
@@ -110,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                                                     default_ttft_slo_ms=args.ttft_slo_ms))
 
     live = None
+    arrivals: list[Arrival] | Workload
     if args.validate is not None:
         live = load_live_run(args.validate, args.requests)
         workload, arrivals = live.workload, live.arrivals

@@ -30,7 +30,7 @@ class NoHealthyReplica(Exception):
 
 
 class Policy(Protocol):
-    name: str
+    name: ClassVar[str]
 
     def choose(self, request: RouteRequest, snapshot: FleetSnapshot) -> str: ...
 

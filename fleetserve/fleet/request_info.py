@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -56,7 +56,7 @@ class RoutedCompletion(RoutedFields):
     prompt: str | list[int] | list[str] | list[list[int]]
 
 
-ENDPOINTS = {"chat": RoutedChat, "completions": RoutedCompletion}
+ENDPOINTS: dict[str, type[RoutedFields]] = {"chat": RoutedChat, "completions": RoutedCompletion}
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 
@@ -116,10 +116,12 @@ def _chat_prompt(body: RoutedChat, tokenizer: PromptTokenizer | None) -> tuple[l
     return None, json.dumps(messages, ensure_ascii=False).encode()
 
 
-def _completion_prompt(body: RoutedCompletion, tokenizer: PromptTokenizer | None) -> tuple[list[int] | None, bytes, int]:
+def _completion_prompt(body: RoutedCompletion,
+                       tokenizer: PromptTokenizer | None) -> tuple[list[int] | None, bytes, int]:
     """(token ids of the first prompt, its bytes, total prompt tokens of all prompts)."""
     prompt = body.prompt
-    prompts = [prompt] if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int) else list(prompt)
+    single = isinstance(prompt, str) or not prompt or isinstance(prompt[0], int)
+    prompts = cast("list[str | list[int]]", [prompt] if single else list(prompt))
     first = prompts[0] if prompts else ""
     if isinstance(first, list):
         ids: list[int] | None = list(first)

@@ -24,7 +24,8 @@ class NotAnOpenAIServer(ModelProbeError):
     """Something answered, but not with a model list: a wrong port, another kind of web server."""
 
 
-async def probe_models(client: httpx.AsyncClient, root: str, timeout_s: float, what: str = "the server at") -> list[str]:
+async def probe_models(client: httpx.AsyncClient, root: str, timeout_s: float,
+                       what: str = "the server at") -> list[str]:
     """The model ids served at the server root `root`; errors name the server as f"{what} {root}"."""
     target = f"{root}{MODELS}"
     try:

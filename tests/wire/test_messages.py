@@ -2,13 +2,15 @@
 through fleetserve.wire.messages, from their own request models."""
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fleetserve.api.protocol import ChatMessage
 from fleetserve.fleet.request_info import RoutedMessage
 from fleetserve.wire.messages import template_message, template_messages
 
-MESSAGES = [
+MESSAGES: list[dict[str, Any]] = [
     {"role": "developer", "content": "Be brief."},
     {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
     {"role": "assistant", "content": None},
