@@ -7,6 +7,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
@@ -40,7 +41,7 @@ class Tokenizer:
         self.chat_template: str | None = template
         self.bos_token_id = self.backend.token_to_id(self.bos_token) if self.bos_token else None
         self.eos_token_id = self.backend.token_to_id(self.eos_token) if self.eos_token else None
-        self._compiled = None
+        self._compiled: Template | None = None
 
     @property
     def vocab_size(self) -> int:
