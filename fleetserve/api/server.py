@@ -26,8 +26,16 @@ from fleetserve.api import chat, completions, kv_events
 from fleetserve.api.errors import install_error_handlers
 from fleetserve.api.metrics import CONTENT_TYPE
 from fleetserve.api.middleware import Admission, BodySizeLimit
-from fleetserve.api.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
-                                     CompletionResponse, ErrorResponse, KVEventsResponse, ModelCard, ModelList)
+from fleetserve.api.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    KVEventsResponse,
+    ModelCard,
+    ModelList,
+)
 from fleetserve.api.sse import EventStreamResponse
 from fleetserve.api.state import ServerState
 from fleetserve.wire import paths

@@ -5,8 +5,19 @@ from pathlib import Path
 
 import pytest
 
-from fleetserve.bench.metrics import (SLO, RequestRecord, distribution_stats, e2e, itl, parse_slo,
-                                      records_from_jsonl, records_to_jsonl, summarize, tpot, ttft)
+from fleetserve.bench.metrics import (
+    SLO,
+    RequestRecord,
+    distribution_stats,
+    e2e,
+    itl,
+    parse_slo,
+    records_from_jsonl,
+    records_to_jsonl,
+    summarize,
+    tpot,
+    ttft,
+)
 
 
 def streamed() -> RequestRecord:

@@ -10,8 +10,15 @@ import pytest
 from rich.console import Console
 
 from fleetserve.bench.metrics import RequestRecord, parse_slo, summarize
-from fleetserve.bench.report import (bin_width_s, compare, comparison_rows, in_flight_series, print_summary,
-                                     throughput_series, write_plots)
+from fleetserve.bench.report import (
+    bin_width_s,
+    compare,
+    comparison_rows,
+    in_flight_series,
+    print_summary,
+    throughput_series,
+    write_plots,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -11,6 +11,7 @@ import pytest
 
 from fleetserve.cli import build_parser
 from fleetserve.commands.serve_fleet import fleet_plan, replica_argv
+
 from fleet_helpers import free_port, wait_until
 
 

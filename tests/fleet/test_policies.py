@@ -5,8 +5,18 @@ from collections import Counter
 
 import pytest
 
-from fleetserve.fleet.policies import (POLICY_NAMES, LeastLoaded, NoHealthyReplica, PolicyOptions, PrefixAware,
-                                       RoundRobin, SessionAffinity, TwoChoice, make_policy, ring_owner)
+from fleetserve.fleet.policies import (
+    POLICY_NAMES,
+    LeastLoaded,
+    NoHealthyReplica,
+    PolicyOptions,
+    PrefixAware,
+    RoundRobin,
+    SessionAffinity,
+    TwoChoice,
+    make_policy,
+    ring_owner,
+)
 from fleetserve.fleet.snapshot import FleetSnapshot, ReplicaState, RouteRequest
 
 

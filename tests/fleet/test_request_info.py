@@ -13,7 +13,8 @@ class FakeTokenizer:
         return [ord(c) for c in text]
 
     def encode_chat(self, messages, add_generation_prompt: bool = True) -> list[int]:
-        text = "".join(f"<{m['role']}>{m['content']}" for m in messages) + ("<assistant>" if add_generation_prompt else "")
+        text = "".join(f"<{m['role']}>{m['content']}" for m in messages)
+        text += "<assistant>" if add_generation_prompt else ""
         return self.encode(text)
 
 

@@ -11,6 +11,7 @@ from fleetserve.bench.client import ClientOptions
 from fleetserve.bench.serve import load_tokenizer, replay
 from fleetserve.workload.synthetic import synthetic_workload
 from fleetserve.workload.traces import synthesize_prompts
+
 from fleet_helpers import Replica, Router, metric_sum, wait_until
 
 pytestmark = pytest.mark.slow
@@ -57,8 +58,9 @@ def test_a_killed_replica_loses_no_unstarted_request_is_ejected_and_readmitted(r
         assert len(records) - len(failed) >= 8
         assert ejected_after <= EJECTION_LIMIT_S, f"ejected after {ejected_after:.2f}s"
         metrics = router.metrics()
-        print(f"failover: {len(failed)} streams broke mid-way, {metric_sum(metrics, 'fleetserve:router_retries_total'):.0f} "
-              f"attempts retried, ejected {ejected_after:.2f}s after the kill")
+        retried = metric_sum(metrics, "fleetserve:router_retries_total")
+        print(f"failover: {len(failed)} streams broke mid-way, {retried:.0f} attempts retried, ejected "
+              f"{ejected_after:.2f}s after the kill")
         assert metric_sum(metrics, "fleetserve:router_ejections_total") >= 1
         assert metric_sum(metrics, "fleetserve:router_stream_failures_total") == len(failed)
 
