@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Callable
 from fleetserve.api.metrics import ServerMetrics
 from fleetserve.engine.config import EngineConfig
 from fleetserve.model.loader import DEFAULT_MODEL
-from fleetserve.wire.errors import model_not_found, unavailable
+from fleetserve.wire.errors import DEFAULT_MAX_BODY_BYTES, model_not_found, unavailable
+from fleetserve.wire.urls import server_url
 
 if TYPE_CHECKING:
     from fleetserve.api.logprobs import TokenText
@@ -20,8 +21,6 @@ if TYPE_CHECKING:
     from fleetserve.model.tokenizer import Tokenizer
 
 logger = logging.getLogger("fleetserve.api")
-
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -45,8 +44,7 @@ class ServerOptions:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return server_url(self.host, self.port)
 
 
 class EngineStopped(Exception):

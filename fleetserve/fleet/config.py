@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fleetserve.fleet.policies import POLICY_NAMES, PolicyOptions
-
-DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+from fleetserve.wire.errors import DEFAULT_MAX_BODY_BYTES
+from fleetserve.wire.urls import server_url
 
 
 @dataclass
@@ -47,5 +47,4 @@ class RouterConfig:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return server_url(self.host, self.port)

@@ -51,6 +51,10 @@ def unavailable(message: str) -> APIError:
     return APIError(503, message, None, "service_unavailable", {"Retry-After": "5"})
 
 
+# The largest request body the router and a replica accept unless told otherwise (413 beyond).
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+
+
 def too_large(size: int, limit: int) -> APIError:
     return APIError(413, f"the request body is {size} bytes or more, beyond the limit of {limit} bytes "
                          f"(--max-body-bytes); send a smaller request", None, "request_too_large")

@@ -1,5 +1,5 @@
-"""Server URLs as people give them (with a trailing slash, or an OpenAI base URL ending in /v1) reduced
-to the server root that endpoint paths are appended to."""
+"""Server roots, the URLs endpoint paths are appended to: from what people give (with a trailing slash, or
+an OpenAI base URL ending in /v1), and from the address a server binds."""
 from __future__ import annotations
 
 from urllib.parse import urlsplit
@@ -23,3 +23,8 @@ def server_root(url: str, what: str = "server URL") -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidServerURL(url, what)
     return root
+
+
+def server_url(host: str, port: int) -> str:
+    """The root of a server bound to host:port (an IPv6 host goes in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
