@@ -93,7 +93,8 @@ def test_a_run_opened_by_an_admission_prefills_the_newcomer_and_decodes_the_othe
     # "a" reaches max_tokens first: it has sampled 1 token, so 11 more steps end the run.
     assert run.steps == 11
     assert assert_run_matches_stepping(scheduler, cut=10)  # the whole run: "a" finishes in its last step
-    assert "a" not in scheduler.requests and scheduler.requests["c"].num_output_tokens == 11 - 3 + 1  # sampled from its last chunk on
+    # "c" sampled from the step of its last chunk (the third) on
+    assert "a" not in scheduler.requests and scheduler.requests["c"].num_output_tokens == 11 - 3 + 1
 
 
 def test_the_stop_rule_counts_max_tokens_and_the_context_length():

@@ -60,6 +60,22 @@ def test_freed_cached_blocks_are_evicted_least_recently_used_first():
     assert kv.get_computed_blocks(make_request("y", [5, 6, 7, 8, 1]))[1] == 4
 
 
+def test_cached_prefix_length_counts_the_leading_cached_blocks_until_they_are_evicted():
+    kv = KVCacheManager(num_blocks=3, block_size=2)
+    first = make_request("a", [1, 2, 3, 4, 5])
+    kv.allocate_slots(first, 5)
+    kv.cache_blocks(first, 5)
+    chain = chain_block_hashes([1, 2, 3, 4, 5, 6], 2)
+    assert kv.held_block_counts([first]) == [3]
+    assert kv.cached_prefix_length(chain) == 2  # the third block is not full, so not cached
+    assert kv.cached_prefix_length(chain_block_hashes([1, 2, 9, 9], 2)) == 1
+    assert kv.cached_prefix_length([chain_block_hashes([9, 9], 2)[0], chain[1]]) == 0  # matched from the first
+    kv.free(first)
+    assert kv.cached_prefix_length(chain) == 2  # freed blocks keep their hashes until reused
+    kv.allocate_slots(make_request("b", [7] * 5), 5)  # takes the unhashed block, then both cached ones
+    assert kv.cached_prefix_length(chain) == 0
+
+
 def test_allocation_failure_changes_nothing():
     kv = KVCacheManager(num_blocks=2, block_size=4)
     r = make_request("a", list(range(12)))
