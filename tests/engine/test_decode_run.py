@@ -97,15 +97,6 @@ def test_a_run_opened_by_an_admission_prefills_the_newcomer_and_decodes_the_othe
     assert "a" not in scheduler.requests and scheduler.requests["c"].num_output_tokens == 11 - 3 + 1
 
 
-def test_the_stop_rule_counts_max_tokens_and_the_context_length():
-    request = make_request("r", list(range(10)), max_tokens=8)
-    assert request.tokens_before_length_stop(max_model_len=100) == 8
-    assert request.tokens_before_length_stop(max_model_len=15) == 5
-    request.output_token_ids += [PLACEHOLDER] * 5
-    assert request.tokens_before_length_stop(max_model_len=15) == 0
-    assert request.check_stop_after_token(max_model_len=15) and request.status is RequestStatus.FINISHED_LENGTH
-
-
 ops = st.lists(st.tuples(st.sampled_from(["add", "add", "step", "step", "step", "abort"]), st.integers(0, 10_000)),
                max_size=40)
 
