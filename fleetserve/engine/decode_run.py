@@ -7,9 +7,14 @@ list (the newest: at most one request is part-way through its prompt when prefil
 per request). A DecodeRun is such a run. It stops where the prefill completes (its last chunk samples the
 first token) or a request reaches its length stop (`Request.tokens_before_length_stop`), and within the
 free KV blocks. Applying its first `steps` steps does to the requests and the KVCacheManager what those
-steps would: the same block allocations (all before any release, as within the steps), computed-token
-counts, output tokens and prefix-cache entries; the scheduler then ends the finishing requests in running
-order, so everything after it is the same as stepping token by token.
+steps would: as many blocks for each request (all taken before any release, as within the steps),
+computed-token counts, output tokens and prefix-cache entries; the scheduler then ends the finishing
+requests in running order, so everything after it is the same as stepping token by token. Only the order
+of the allocations differs (each request's blocks at once rather than step by step across requests), so
+block ids may differ, and the KV-event feed groups its entries per request, to the same effect.
+
+`Scheduler.begin_decode_run` plans a run, first beginning the step that admits a waiting request when that
+step can open one; `Scheduler.apply_decode_run` applies it.
 
 A run is planned for length stops only: its output tokens are placeholders (0), which suits requests that
 no token stops (ignore_eos, no stop tokens), as in the simulator. A caller that samples real tokens writes
