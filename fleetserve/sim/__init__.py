@@ -1,5 +1,5 @@
 """The simulator: the engine's own Scheduler and KVCacheManager and the router's policies, driven by a
-virtual clock and a performance model, to replay traces on fleets of any size (DESIGN.md invariant 1).
+virtual clock and a performance model, to replay traces on fleets of any size.
 
     from fleetserve.sim import simulate
     run = simulate(workload, parse_fleet_spec("h100:8"), {"h100": RooflineModel(config, h100)},
