@@ -23,7 +23,7 @@ class KVBlock:
     block_hash: BlockHash | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class KVEvent:
     """One change to the set of cached blocks, as published on the replica's KV-event feed."""
     kind: str  # "stored" | "removed" | "cleared"
@@ -189,16 +189,20 @@ class KVCacheManager:
             popitem = self._free_cached.popitem
             cached = self._cached
             append = table.append
+            # One `removed` event for all the blocks evicted here: a feed follower (the router, the simulated
+            # router) pays per event, and a long prompt evicts many blocks at once.
+            evicted: list[BlockHash] = []
             for _ in range(count):
                 block = popitem(False)[1]
                 block_hash = block.block_hash
                 if block_hash is not None and cached.get(block_hash) is block:
                     del cached[block_hash]
-                    if self.record_events:
-                        self.events.append(KVEvent("removed", [block_hash]))
+                    evicted.append(block_hash)
                 block.block_hash = None
                 block.ref_count = 1
                 append(block)
+            if evicted and self.record_events:
+                self.events.append(KVEvent("removed", evicted))
 
     def cache_blocks(self, request: Request, num_computed_tokens: int) -> None:
         """Publish the request's blocks that are full and computed, so later requests can reuse them."""

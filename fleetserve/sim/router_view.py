@@ -21,6 +21,7 @@ from fleetserve.sim.block_hashes import UNIQUE_HASH_BASE
 from fleetserve.sim.config import PREFIX_VIEWS
 from fleetserve.sim.replica import SimReplica
 
+
 class RouterView:
     def __init__(self, replicas: list[SimReplica], prefix_view: str = "events") -> None:
         if prefix_view not in PREFIX_VIEWS:
@@ -77,12 +78,13 @@ class RouterView:
         prefix_index = self.index
         assert prefix_index is not None
         replica_id = replica.replica_id
+        unique_base = UNIQUE_HASH_BASE
         for event in replica.kv.take_events():
             kind = event.kind
             if kind == "cleared":
                 prefix_index.clear(replica_id)
                 continue
-            shared = [block_hash for block_hash in event.block_hashes if block_hash < UNIQUE_HASH_BASE]
+            shared = [block_hash for block_hash in event.block_hashes if block_hash < unique_base]
             if not shared:
                 continue
             if kind == "stored":
