@@ -7,7 +7,8 @@ import pytest
 @pytest.fixture(scope="session")
 def llm():
     from fleetserve.engine.llm import LLM
-    return LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory="256MiB", max_num_seqs=16, max_num_batched_tokens=256)
+    return LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory="256MiB", max_num_seqs=16,
+               max_num_batched_tokens=256)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from fleetserve.engine.kv_cache import KVCacheManager
-from fleetserve.engine.sampler import SampleResult, Sampler
+from fleetserve.engine.sampler import Sampler, SampleResult
 from fleetserve.engine.scheduler import ScheduledRequest, SchedulerOutput
 from fleetserve.kernels import cpu as cpu_kernels
 from fleetserve.model.attention import AttentionMetadata, PrefillChunk

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-
 GREEDY_TEMPERATURE = 1e-5
 
 

@@ -50,7 +50,8 @@ def test_prefix_cache_hit_gives_the_same_tokens(llm, chat_prompts, plain_run):
 
 @pytest.mark.slow
 def test_chunked_prefill_gives_the_same_tokens(chat_prompts, plain_run):
-    small = LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory="64MiB", max_num_batched_tokens=7, enable_prefix_caching=False)
+    small = LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory="64MiB", max_num_batched_tokens=7,
+                enable_prefix_caching=False)
     assert [r.token_ids for r in small.generate(chat_prompts, GREEDY_32)] == plain_run
 
 
@@ -58,7 +59,8 @@ def test_chunked_prefill_gives_the_same_tokens(chat_prompts, plain_run):
 def test_preemption_gives_the_same_tokens(chat_prompts, plain_run):
     longest = max(len(p) for p in chat_prompts) + 32
     block_bytes = 16 * 2 * 30 * 3 * 64 * 4
-    tiny = LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory=block_bytes * (-(-longest // 16) + 2), enable_prefix_caching=False)
+    tiny = LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory=block_bytes * (-(-longest // 16) + 2),
+               enable_prefix_caching=False)
     results = tiny.generate(chat_prompts, GREEDY_32)
     assert tiny.engine.scheduler.num_preemptions > 0
     assert [r.token_ids for r in results] == plain_run
@@ -118,7 +120,8 @@ def test_streaming_deltas_add_up_to_the_text(llm, chat_prompts):
 
 
 def test_multibyte_characters_are_never_split(llm, tokenizer):
-    prompt = tokenizer.encode_chat([{"role": "user", "content": "Répète: 日本語のテキスト 🙂🙂 ça va? Écris en français."}])
+    message = {"role": "user", "content": "Répète: 日本語のテキスト 🙂🙂 ça va? Écris en français."}
+    prompt = tokenizer.encode_chat([message])
     params = SamplingParams(temperature=1.0, seed=3, max_tokens=40)
     deltas = list(llm.generate_stream(prompt, params))
     assert all("\ufffd" not in d.new_text for d in deltas)

@@ -26,7 +26,8 @@ def library():
     return library
 
 
-def random_weight(kind: GGMLQuantizationType, rows: int, inputs: int, seed: int) -> tuple[QuantizedWeight, torch.Tensor]:
+def random_weight(kind: GGMLQuantizationType, rows: int, inputs: int,
+                  seed: int) -> tuple[QuantizedWeight, torch.Tensor]:
     values = np.random.default_rng(seed).standard_normal((rows, inputs)).astype(np.float32)
     blocks = quantize(values, kind)
     dense = torch.from_numpy(dequantize(blocks, kind).reshape(rows, inputs).astype(np.float32))

@@ -9,8 +9,8 @@ from fleetserve.cli import main
 from fleetserve.fleet.policies import make_policy
 from fleetserve.perf.hardware import parse_fleet_spec
 from fleetserve.perf.profiled import ProfiledModel
-from fleetserve.sim.validate import load_live_run
 from fleetserve.sim.simulate import simulate
+from fleetserve.sim.validate import load_live_run
 from fleetserve.workload.synthetic import synthetic_workload
 
 

@@ -8,8 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from fleetserve.workload import RequestSpec, TraceError, Workload, read_azure, read_burstgpt, read_mooncake
-from fleetserve.workload import read_trace, synthesize_prompts
+from fleetserve.workload import (
+    RequestSpec,
+    TraceError,
+    Workload,
+    read_azure,
+    read_burstgpt,
+    read_mooncake,
+    read_trace,
+    synthesize_prompts,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 AZURE = DATA / "azure_llm_2023_conv_head300.csv"
