@@ -23,11 +23,12 @@ def run_to_end(scheduler: Scheduler, token: int = 7, max_steps: int = 10_000) ->
 
 
 def apply_operation(scheduler: Scheduler, op: str, value: int, index: int,
-                    prompt_for: Callable[[int, int], list[int]], live: list[str]) -> None:
-    """One operation of a random run: "add" request q{index} with prompt_for(index, value) (a request the
-    scheduler refuses is left out), "step" the scheduler, or "abort" one of the `live` requests."""
+                    prompt_for: Callable[[int, int], list[int]], live: list[str], longest_output: int = 6) -> None:
+    """One operation of a random run: "add" request q{index} with prompt_for(index, value) and at most
+    `longest_output` tokens (a request the scheduler refuses is left out), "step" the scheduler, or "abort"
+    one of the `live` requests."""
     if op == "add":
-        request = make_request(f"q{index}", prompt_for(index, value), max_tokens=1 + value % 6)
+        request = make_request(f"q{index}", prompt_for(index, value), max_tokens=1 + value % longest_output)
         try:
             scheduler.add_request(request)
             live.append(request.request_id)

@@ -118,15 +118,7 @@ def test_a_planned_and_applied_run_matches_stepping_token_by_token(operations, n
         return (shared + list(range(100 + index, 100 + index + length)))[:length]
 
     for i, (op, value) in enumerate(operations):
-        if op == "add":
-            request = make_request(f"q{i}", prompt_for(i, value), max_tokens=1 + value % 40)
-            try:
-                scheduler.add_request(request)
-                live.append(request.request_id)
-            except ValueError:
-                pass
-        else:
-            apply_operation(scheduler, op, value, i, prompt_for, live)
+        apply_operation(scheduler, op, value, i, prompt_for, live, longest_output=40)
     kv.take_events()
     for attempt in range(3):  # a few runs in a row, each from where the last one left off
         assert_run_matches_stepping(scheduler, cut + attempt)
