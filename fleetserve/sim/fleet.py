@@ -121,6 +121,8 @@ class SimFleet:
         request = Request(spec.request_id, [0] * prompt, params, NO_EOS, now, block_hashes=hashes)
         route = RouteRequest(spec.request_id, prompt, output, tuple(hashes[:prompt // block_size]),
                              session_key=spec.session_id)
+        if shared:
+            self.view.expect_shared_blocks()
         # A prefix hit never covers the prompt's last token (the scheduler computes it for its logits).
         snapshot = self.view.snapshot(hashes[:min(shared, (prompt - 1) // block_size)], now)
         replica_id = self.policy.choose(route, snapshot)

@@ -41,8 +41,7 @@ class SimReplica:
         self.perf = perf
         self.config = config
         self.options = options or SimOptions()
-        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching,
-                                 record_events=self.options.prefix_view == "events")
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config(model_max_len), self.kv)
         self.router = Replica(replica_id, f"sim://{replica_id}", weight=weight, block_size=config.block_size,
                               healthy=True)

@@ -8,7 +8,10 @@ before the next request is routed. With `prefix_view="perfect"` the view instead
 each replica's KV cache; with an undelayed feed both give the same answer, which a test holds.
 
 Only blocks inside a trace's shared prefix can be cached for another request, so only those are looked
-up, and only those enter the index (a request's other blocks have hashes no other request uses).
+up, and only those enter the index (a request's other blocks have hashes no other request uses). For the
+same reason the replicas record KV events only from the first request with shared-prefix blocks on: until
+then every block any replica published was unique to its request, so the index misses nothing, and a
+trace without shared prefixes pays nothing for the feed.
 """
 from __future__ import annotations
 
@@ -32,11 +35,8 @@ class RouterView:
         self.dirty: set[int] = set(range(len(replicas)))
         self.cached_tokens: dict[int, int] = {}  # replica index -> cached prompt tokens, for the last request
         self.index: PrefixIndex | None = None
+        self.following_feeds = False
         if prefix_view == "events":
-            for replica in replicas:
-                if not replica.kv.record_events:
-                    raise ValueError(f"replica {replica.replica_id} records no KV events, so the prefix index "
-                                     f"cannot follow it; build it with SimOptions(prefix_view='events')")
             # Nothing expires (a feed's `removed` events say when a block goes) and no replica can hold more
             # blocks than its cache has, so the index never drops an entry the cache still holds.
             self.index = PrefixIndex(ttl_s=math.inf,
@@ -45,12 +45,20 @@ class RouterView:
     def touched(self, index: int) -> None:
         self.dirty.add(index)
 
+    def expect_shared_blocks(self) -> None:
+        """A request with shared-prefix blocks is about to be routed: follow every replica's KV events from
+        now on (see the module's docstring)."""
+        if self.index is not None and not self.following_feeds:
+            self.following_feeds = True
+            for replica in self.replicas:
+                replica.kv.record_events = True
+
     def snapshot(self, shared_hashes: list[int], now: float) -> FleetSnapshot:
         """The snapshot at `now` for a request whose shared-prefix blocks have these hashes."""
         if self.dirty:
             for index in self.dirty:
                 replica = self.replicas[index]
-                if self.index is not None:
+                if self.following_feeds:
                     self._follow_feed(replica)
                 replica.router.reported["kv_usage"] = replica.kv.usage
                 self.states[index] = replica.router.state()

@@ -11,6 +11,7 @@ from fleetserve.sim.config import ReplicaConfig, SimOptions
 from fleetserve.sim.fleet import SimFleet
 from fleetserve.sim.replica import SimReplica
 from fleetserve.sim.router_view import RouterView
+from fleetserve.workload.spec import RequestSpec, Workload
 from fleetserve.workload.traces import read_trace
 
 from sim_helpers import LinearPerf
@@ -62,8 +63,18 @@ def test_the_index_holds_what_each_cache_holds_once_the_feed_is_followed():
                     == replica.kv.cached_prefix_length(hashes))
 
 
+def test_feeds_are_followed_from_the_first_request_with_shared_blocks_on():
+    fleet_replicas = replicas("events")
+    fleet = SimFleet(fleet_replicas, make_policy("prefix"))
+    alone = Workload([RequestSpec(f"u{i}", 0.1 * i, 100, 10) for i in range(6)], "unique", "test")
+    fleet.run(alone)
+    assert not fleet.view.following_feeds and not any(r.kv.record_events for r in fleet_replicas)
+    _, shared_replicas, shared_fleet = replay("events", "prefix")
+    assert shared_fleet.view.following_feeds and all(r.kv.record_events for r in shared_replicas)
+
+
 def test_an_unknown_prefix_view_is_an_error_naming_the_choices():
     with pytest.raises(ValueError, match="events.*perfect"):
         SimOptions(prefix_view="psychic")
-    with pytest.raises(ValueError, match="records no KV events"):
-        RouterView(replicas("perfect"), "events")
+    with pytest.raises(ValueError, match="events.*perfect"):
+        RouterView(replicas("events"), "psychic")
