@@ -12,7 +12,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
 ROOT=$(cd "$1" && pwd); OUT=$2; mkdir -p "$OUT"
 PY="$HERE/.venv/bin/python"
-TRACES=$(cd "$HERE/../shared/traces" && pwd)
+TRACES=$(cd "${FLEETSERVE_TRACES:-$HERE/../shared/traces}" && pwd)
 LLAMA="$HERE/benchmarks/models/llama-3-8b.json"
 run() {
   local name=$1; shift

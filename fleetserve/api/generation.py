@@ -76,7 +76,7 @@ def usage_of(choices: list[ChoiceState]) -> Usage:
                  prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(cached_tokens.values())))
 
 
-def translate_engine_error(exc: BaseException, aengine: AsyncLLMEngine) -> APIError:
+def translate_engine_error(exc: BaseException) -> APIError:
     from fleetserve.api.state import EngineStopped
     from fleetserve.engine.async_engine import EngineDeadError, EngineShuttingDownError, QueueFullError
     if isinstance(exc, APIError):
@@ -162,7 +162,7 @@ async def start_stream(request: Request, state: ServerState,
                        jobs: list[Job]) -> tuple[tuple[Job, RequestOutput], AsyncIterator[tuple[Job, RequestOutput]]]:
     """Submit the jobs and wait for the first output, so that refusals (bad input, full queue) become a
     plain HTTP error instead of an error inside a stream that has already said 200."""
-    aengine = state.require_engine()
+    state.require_engine()  # a replica that is loading or stopping answers its own error, not a translated one
     stream = merge_streams(state, jobs)
     try:
         first = await unless_disconnected(request, stream.__anext__())
@@ -170,7 +170,7 @@ async def start_stream(request: Request, state: ServerState,
         await stream.aclose()
         if isinstance(exc, (ClientDisconnected, asyncio.CancelledError)):
             raise
-        raise translate_engine_error(exc, aengine) from exc
+        raise translate_engine_error(exc) from exc
     return first, stream
 
 
@@ -191,7 +191,7 @@ async def collect(request: Request, state: ServerState, jobs: list[Job]) -> list
     except (ClientDisconnected, asyncio.CancelledError):
         raise
     except BaseException as exc:
-        raise translate_engine_error(exc, aengine) from exc
+        raise translate_engine_error(exc) from exc
     for choice in choices:
         if choice.finish_reason == "abort":
             raise aborted_error(choice, aengine)

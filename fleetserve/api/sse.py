@@ -68,7 +68,7 @@ async def completion_events(state: ServerState, jobs: list[Job], first: tuple[Jo
     except (asyncio.CancelledError, GeneratorExit):
         raise
     except Exception as exc:  # noqa: BLE001 - the stream already said 200; the error travels inside it
-        yield sse_error_event(exc if isinstance(exc, APIError) else translate_engine_error(exc, state.aengine))
+        yield sse_error_event(exc if isinstance(exc, APIError) else translate_engine_error(exc))
     finally:
         await stream.aclose()
     yield DONE

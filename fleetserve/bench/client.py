@@ -35,7 +35,6 @@ from fleetserve.wire.paths import GENERATION_PATHS
 from fleetserve.wire.urls import InvalidServerURL, server_root
 from fleetserve.workload.spec import RequestSpec, Workload
 
-ENDPOINT_PATHS = GENERATION_PATHS
 MODELS_CHECK_TIMEOUT_S = 10.0
 _ERROR_BODY_CHARS = 300
 
@@ -61,8 +60,8 @@ class ClientOptions:
     send_token_ids: bool = True
 
     def __post_init__(self) -> None:
-        if self.endpoint not in ENDPOINT_PATHS:
-            raise ValueError(f"endpoint {self.endpoint!r} is not one of {sorted(ENDPOINT_PATHS)}")
+        if self.endpoint not in GENERATION_PATHS:
+            raise ValueError(f"endpoint {self.endpoint!r} is not one of {sorted(GENERATION_PATHS)}")
         if not (self.timeout_s > 0 and math.isfinite(self.timeout_s)):
             raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout_s}")
         if self.max_concurrency is not None and self.max_concurrency < 1:
@@ -273,7 +272,7 @@ async def replay(url: str, workload: Workload, options: ClientOptions | None = N
     root = normalize_url(url)
     model = options.model if options.model is not None else (await resolve_model_name(root, None))[0]
     bodies = [request_body(spec, model, options) for spec in workload]
-    endpoint_url = root + ENDPOINT_PATHS[options.endpoint]
+    endpoint_url = root + GENERATION_PATHS[options.endpoint]
     limit: AbstractAsyncContextManager = (asyncio.Semaphore(options.max_concurrency)
                                           if options.max_concurrency else nullcontext())
     # No pool limit: a queue inside httpx would delay sends invisibly instead of showing as send lag.

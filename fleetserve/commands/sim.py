@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from fleetserve.bench.metrics import SLO, parse_slo
     from fleetserve.bench.report import print_summary, write_plots
     from fleetserve.bench.serve import _prepare_output, load_workload, shape_workload, write_request_log
-    from fleetserve.fleet.policies import PolicyOptions, make_policy
+    from fleetserve.fleet.policies import make_policy
     from fleetserve.perf.hardware import parse_fleet_spec
     from fleetserve.sim.perf_setup import load_model_config, load_profiles, perf_models
     from fleetserve.sim.simulate import sim_result, simulate

@@ -52,7 +52,12 @@ def admission_refusal(num_prompt_tokens: int, max_tokens: int | None, max_model_
                        f"the prompt ({num_prompt_tokens} tokens) plus max_tokens ({max_tokens}) is "
                        f"{num_prompt_tokens + max_tokens} tokens, beyond the model's context of {max_model_len}",
                        "lower max_tokens or shorten the prompt")
-    if max_queue is not None and num_waiting >= max_queue:
+    return None if max_queue is None else queue_refusal(num_waiting, max_queue)
+
+
+def queue_refusal(num_waiting: int, max_queue: int) -> Refusal | None:
+    """The queue check alone, for a caller that has checked the lengths already."""
+    if num_waiting >= max_queue:
         return Refusal(QUEUE_FULL, None, f"{num_waiting} requests are already waiting (max_queue {max_queue})",
                        "retry later")
     return None

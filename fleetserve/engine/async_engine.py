@@ -18,7 +18,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable
 
-from fleetserve.engine.admission import QUEUE_FULL, admission_refusal
+from fleetserve.engine.admission import queue_refusal
 from fleetserve.engine.engine import LLMEngine
 from fleetserve.engine.outputs import RequestOutput
 from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
@@ -77,8 +77,9 @@ class AsyncLLMEngine:
         self.accepting = True
         self.error: BaseException | None = None
         # Requests handed to the loop but not yet in the scheduler's waiting queue. The asyncio side adds
-        # to it and the engine thread takes from it; the lock also makes the move from here into the
-        # scheduler one step, so the queue check never sees a request in neither place.
+        # to it and the engine thread takes from it once the request is in the scheduler, so the queue check
+        # never sees a request in neither place (for a moment it sees one in both, which errs on the safe
+        # side); the lock is held only for the count, never while the engine works.
         self.pending = 0
         self.pending_lock = threading.Lock()
         if own_thread:
@@ -103,12 +104,9 @@ class AsyncLLMEngine:
         self.engine.validate(prompt_ids, params)
         request_id = request_id or self.engine.new_request_id()
         with self.pending_lock:
-            refusal = admission_refusal(len(prompt_ids), params.max_tokens, self.engine.max_model_len,
-                                        self.engine.num_waiting + self.pending, self.max_queue)
+            refusal = queue_refusal(self.engine.num_waiting + self.pending, self.max_queue)
             if refusal is not None:
-                if refusal.status == QUEUE_FULL:
-                    raise QueueFullError(refusal.reason)
-                raise InvalidRequestError(refusal.message, refusal.param)
+                raise QueueFullError(refusal.reason)
             self.pending += 1
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self.streams[request_id] = stream
@@ -162,14 +160,13 @@ class AsyncLLMEngine:
                 return
             if command[0] == "add":
                 _, request_id, prompt_ids, params, arrival = command
-                with self.pending_lock:
-                    self.pending -= 1
-                    if request_id not in self.streams:
-                        continue  # the client left before its request reached the engine
+                if request_id in self.streams:  # else the client left before its request reached the engine
                     try:
                         self.engine.add_request(prompt_ids, params, request_id, arrival)
                     except InvalidRequestError as exc:
                         self._deliver(request_id, exc)
+                with self.pending_lock:
+                    self.pending -= 1
             else:
                 for out in self.engine.abort_request(command[1]):
                     self._emit(out)

@@ -16,9 +16,9 @@ block ids may differ, and the KV-event feed groups its entries per request, to t
 `Scheduler.begin_decode_run` plans a run, first beginning the step that admits a waiting request when that
 step can open one; `Scheduler.apply_decode_run` applies it.
 
-A run is planned for length stops only: its output tokens are placeholders (0), which suits requests that
-no token stops (ignore_eos, no stop tokens), as in the simulator. A caller that samples real tokens writes
-them over the placeholders and checks token stops itself.
+A run is planned only while no sampled token can end a request (`Request.stops_only_at_length`: no stop
+tokens, end of sequence ignored), as in the simulator: its output tokens are placeholders (0), which a
+caller that samples real tokens writes over.
 """
 from __future__ import annotations
 
@@ -77,10 +77,13 @@ def plan_decode_run(running: list[Request], kv: KVCacheManager, budget: int, pre
                     max_model_len: int) -> DecodeRun | None:
     """The run the scheduler would step through from here, with nothing waiting; None when its next step
     would be of another kind (a decode left out of the budget, a request that is neither decoding nor the
-    newest, or no KV block for the first step)."""
+    newest, or no KV block for the first step), or when a sampled token could end a request (its end is
+    then not known in advance)."""
     if not running:
         return None
     newest = running[-1]
+    if not newest.stops_only_at_length:
+        return None
     newest_left = len(newest.prompt_token_ids) + len(newest.output_token_ids) - newest.num_computed_tokens
     decoding = running if newest_left == 1 else running[:-1]
     decodes = len(decoding)
@@ -93,7 +96,8 @@ def plan_decode_run(running: list[Request], kv: KVCacheManager, budget: int, pre
     steps_left: list[int] = []
     for request in decoding:
         done = request.num_computed_tokens
-        if len(request.prompt_token_ids) + len(request.output_token_ids) - done != 1:
+        if (len(request.prompt_token_ids) + len(request.output_token_ids) - done != 1
+                or not request.stops_only_at_length):
             return None
         left = request.tokens_before_length_stop(max_model_len)
         if left < 1:

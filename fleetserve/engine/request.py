@@ -77,6 +77,13 @@ class Request:
     def finish_reason(self) -> str | None:
         return self.status.value if self.status.finished else None
 
+    @property
+    def stops_only_at_length(self) -> bool:
+        """Whether no sampled token can end it (no stop tokens, and end of sequence ignored or unknown), so
+        that only its length decides when it ends."""
+        params = self.sampling_params
+        return not params.stop_token_ids and (params.ignore_eos or not self.eos_token_ids)
+
     def tokens_before_length_stop(self, max_model_len: int) -> int:
         """How many more tokens it may sample before a length stop ends it: at max_tokens output tokens (never
         before min_tokens) or at max_model_len tokens in all. A request with none left stops."""

@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetserve.fleet.config import RouterConfig
-from fleetserve.fleet.health import probe_backend
+from fleetserve.fleet.health import PROBE_TIMEOUT_S, probe_backend
 from fleetserve.fleet.proxy import forward
 from fleetserve.fleet.replicas import DuplicateReplica, UnknownReplica, normalize_backend_url
 from fleetserve.fleet.request_info import PromptTokenizer, describe_call
@@ -35,6 +35,7 @@ from fleetserve.wire.model_probe import NotAnOpenAIServer
 from fleetserve.wire.urls import InvalidServerURL
 
 logger = logging.getLogger("fleetserve.fleet")
+
 
 class AddReplica(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -170,7 +171,7 @@ def load_prompt_tokenizer(spec: str | None) -> PromptTokenizer | None:
     return Tokenizer(folder)
 
 
-async def check_backends(urls: list[str], timeout_s: float = 5.0) -> None:
+async def check_backends(urls: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Refuse, before serving, a backend that answers but is not an OpenAI server (a typo'd port, a web
     server). Backends that do not answer yet are fine: they join when healthy."""
     import httpx

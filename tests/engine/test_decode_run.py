@@ -122,3 +122,23 @@ def test_a_planned_and_applied_run_matches_stepping_token_by_token(operations, n
     kv.take_events()
     for attempt in range(3):  # a few runs in a row, each from where the last one left off
         assert_run_matches_stepping(scheduler, cut + attempt)
+
+
+def test_no_run_is_planned_while_a_sampled_token_could_end_a_request():
+    """A run's tokens are placeholders, so a request that an end-of-sequence or stop token could end must be
+    stepped token by token."""
+    from fleetserve.engine.sampling_params import SamplingParams
+
+    def scheduler_with(request: Request) -> Scheduler:
+        scheduler = Scheduler(SchedulerConfig(max_num_batched_tokens=64), KVCacheManager(32, 4))
+        scheduler.add_request(request)
+        step(scheduler)  # the prompt; from here the request decodes
+        return scheduler
+
+    length_only = make_request("length", [1, 2, 3, 4, 5], max_tokens=20)
+    assert length_only.stops_only_at_length and scheduler_with(length_only).begin_decode_run() is not None
+    for name, params, eos in [("stop-token", SamplingParams(max_tokens=20, ignore_eos=True, stop_token_ids=[9]), ()),
+                              ("eos", SamplingParams(max_tokens=20), (2,))]:
+        request = Request(name, [1, 2, 3, 4, 5], params, frozenset(eos))
+        assert not request.stops_only_at_length
+        assert scheduler_with(request).begin_decode_run() is None, name
