@@ -10,13 +10,14 @@
 # token budget on the Azure trace, and preemption with and without decode skipping on a synthetic load.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")/.." && pwd)
-ROOT=$(cd "$1" && pwd); OUT=$2; mkdir -p "$OUT"
+ROOT=$(cd "$1" && pwd); mkdir -p "$2"; OUT=$(cd "$2" && pwd)
 PY="$HERE/.venv/bin/python"
 TRACES=$(cd "${FLEETSERVE_TRACES:-$HERE/../shared/traces}" && pwd)
 LLAMA="$HERE/benchmarks/models/llama-3-8b.json"
 run() {
   local name=$1; shift
-  PYTHONPATH="$ROOT" "$PY" -c "import sys; from fleetserve.cli import main; sys.exit(main())" sim "$@" \
+  # -P: the code under test comes from PYTHONPATH alone, never from the current directory.
+  PYTHONPATH="$ROOT" "$PY" -P -c "import sys; from fleetserve.cli import main; sys.exit(main())" sim "$@" \
     --json "$OUT/$name.raw.json" --requests-out "$OUT/$name.requests.jsonl" > /dev/null
   "$PY" - "$OUT/$name.raw.json" "$OUT/$name.json" <<'PY'
 import json, sys
@@ -39,4 +40,4 @@ run synth_preempt --synthetic 'rate=40,n=300,prompt=uniform:64:1024,output=unifo
   --policy least_loaded
 run synth_noskip --synthetic 'rate=40,n=300,prompt=uniform:64:1024,output=uniform:32:512,seed=5' --fleet cpu:2 \
   --policy least_loaded --no-skip
-echo "wrote $OUT"
+PYTHONPATH="$ROOT" "$PY" -P -c "import fleetserve; print('wrote $OUT with', fleetserve.__file__)"
