@@ -36,6 +36,14 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: int | str | None = None
     block_hashes: list[int] = field(default_factory=list)
+    # Whether no sampled token can end it (no stop tokens; end of sequence ignored or unknown), so that only
+    # its length decides when it ends. Fixed at creation: the decode-run planner reads it for every running
+    # request at every run.
+    stops_only_at_length: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        params = self.sampling_params
+        self.stops_only_at_length = not params.stop_token_ids and (params.ignore_eos or not self.eos_token_ids)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -76,13 +84,6 @@ class Request:
     @property
     def finish_reason(self) -> str | None:
         return self.status.value if self.status.finished else None
-
-    @property
-    def stops_only_at_length(self) -> bool:
-        """Whether no sampled token can end it (no stop tokens, and end of sequence ignored or unknown), so
-        that only its length decides when it ends."""
-        params = self.sampling_params
-        return not params.stop_token_ids and (params.ignore_eos or not self.eos_token_ids)
 
     def tokens_before_length_stop(self, max_model_len: int) -> int:
         """How many more tokens it may sample before a length stop ends it: at max_tokens output tokens (never
