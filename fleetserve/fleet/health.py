@@ -20,16 +20,13 @@ from fleetserve.fleet.config import RouterConfig
 from fleetserve.fleet.replica_metrics import read_replica_metrics
 from fleetserve.fleet.replicas import Replica
 from fleetserve.wire import paths
+from fleetserve.wire.errors import describe_error
 from fleetserve.wire.model_probe import ModelProbeError, probe_models
 
 logger = logging.getLogger("fleetserve.fleet")
 
 _BODY_CHARS = 200
 PROBE_TIMEOUT_S = 5.0
-
-
-def describe_error(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 async def probe_backend(client: httpx.AsyncClient, root: str, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:

@@ -13,10 +13,10 @@ import logging
 
 import httpx
 
-from fleetserve.fleet.health import describe_error
 from fleetserve.fleet.prefix_index import PrefixIndex
 from fleetserve.fleet.replicas import Replica
 from fleetserve.wire import paths
+from fleetserve.wire.errors import describe_error
 
 logger = logging.getLogger("fleetserve.fleet")
 

@@ -19,11 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from fleetserve.fleet.health import describe_error
 from fleetserve.fleet.policies import NoHealthyReplica
 from fleetserve.fleet.replicas import Replica, Ticket
 from fleetserve.fleet.request_info import RoutedCall
-from fleetserve.wire.errors import APIError, error_body
+from fleetserve.wire.errors import APIError, describe_error, error_body
 
 if TYPE_CHECKING:
     from fleetserve.fleet.router_state import RouterState

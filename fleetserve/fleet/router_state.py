@@ -17,7 +17,7 @@ from typing import Mapping
 import httpx
 
 from fleetserve.fleet.config import RouterConfig
-from fleetserve.fleet.health import HealthMonitor, describe_error, probe_backend
+from fleetserve.fleet.health import HealthMonitor, probe_backend
 from fleetserve.fleet.kv_feed import KVFeedFollower
 from fleetserve.fleet.policies import POLICY_NAMES, Policy, make_policy
 from fleetserve.fleet.prefix_index import PrefixIndex
@@ -25,7 +25,7 @@ from fleetserve.fleet.replicas import Replica, ReplicaRegistry, default_replica_
 from fleetserve.fleet.request_info import PromptTokenizer, RoutedCall
 from fleetserve.fleet.router_metrics import RouterMetrics
 from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
-from fleetserve.wire.errors import bad_request, model_not_found
+from fleetserve.wire.errors import bad_request, describe_error, model_not_found
 from fleetserve.wire.model_probe import NotAnOpenAIServer, ServerUnreachable
 
 logger = logging.getLogger("fleetserve.fleet")

@@ -58,3 +58,8 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 def too_large(size: int, limit: int) -> APIError:
     return APIError(413, f"the request body is {size} bytes or more, beyond the limit of {limit} bytes "
                          f"(--max-body-bytes); send a smaller request", None, "request_too_large")
+
+
+def describe_error(exc: BaseException) -> str:
+    """An exception as a message names it: its type, and its text when it has one."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import httpx
 
+from fleetserve.wire.errors import describe_error
 from fleetserve.wire.paths import MODELS
 
 _BODY_CHARS = 200
@@ -31,8 +32,8 @@ async def probe_models(client: httpx.AsyncClient, root: str, timeout_s: float,
     try:
         response = await client.get(target, timeout=timeout_s)
     except httpx.HTTPError as exc:
-        detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise ServerUnreachable(root, f"cannot reach {what} {root}: GET {target} failed ({detail})") from None
+        raise ServerUnreachable(root, f"cannot reach {what} {root}: GET {target} failed "
+                                      f"({describe_error(exc)})") from None
     if response.status_code != 200:
         raise NotAnOpenAIServer(root, f"{what} {root} is not an OpenAI-compatible server: GET {target} answered "
                                       f"HTTP {response.status_code} {response.text[:_BODY_CHARS]!r}")
