@@ -112,7 +112,7 @@ def _prepare_output(path: str | None, is_dir: bool) -> None:
     except OSError as error:
         raise BenchArgumentError(f"cannot create the folder for output {path!r}: {error}") from None
     if is_dir and not target.is_dir():
-        raise BenchArgumentError(f"--plot {path!r} is a file, not a folder")
+        raise BenchArgumentError(f"output folder {path!r} is a file, not a folder")
     if not is_dir and target.is_dir():
         raise BenchArgumentError(f"output {path!r} is a folder, not a file path")
 

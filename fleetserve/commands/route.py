@@ -15,16 +15,46 @@ LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
-    """Routing options shared by `route` and `serve --replicas N`."""
+    """The routing policy and its options, shared by `route`, `serve --replicas N` and `sim`."""
     parser.add_argument("--policy", choices=POLICY_NAMES, default=RouterConfig.policy,
                         help="routing policy (a request may pick another with the x-fleetserve-policy header)")
     parser.add_argument("--ttft-slo-ms", type=float, default=PolicyOptions.default_ttft_slo_ms,
-                        help="two_choice: default TTFT SLO; beyond it the least loaded replica is used "
-                             "(a request may set x-fleetserve-ttft-slo-ms)")
+                        help="prefix, two_choice: default TTFT SLO; a request whose estimated TTFT misses it goes "
+                             "to the least loaded replica if that one meets it (a request may set "
+                             "x-fleetserve-ttft-slo-ms)")
     parser.add_argument("--prefill-tokens-per-s", type=float, default=PolicyOptions.default_prefill_tokens_per_s,
-                        help="two_choice: prefill speed assumed until one is measured (0: guard off until then)")
+                        help="prefix, two_choice: prefill speed assumed until one is measured (0: no SLO guard "
+                             "until then)")
+    parser.add_argument("--session-load-factor", type=float, default=1 + PolicyOptions.session_load_epsilon,
+                        help="session: a replica whose queued work is over this many times the fleet's mean passes "
+                             "the session on to the next replica of the ring (0: never)")
     parser.add_argument("--max-imbalance-tokens", type=int, default=PolicyOptions.max_imbalance_tokens,
-                        help="prefix: queued-work gap (tokens) beyond which a hot prefix spills to other replicas")
+                        help="prefix: turn on the imbalance guard: a request leaves its cheapest replica when that "
+                             "one's queued work is this many tokens and --max-imbalance-ratio times above the least "
+                             "loaded replica's (default: off)")
+    parser.add_argument("--max-imbalance-ratio", type=float, default=PolicyOptions.max_imbalance_ratio,
+                        help="prefix: the imbalance guard's ratio")
+    parser.add_argument("--hot-key-factor", type=float, default=PolicyOptions.hot_key_factor,
+                        help="two_choice: a prompt prefix carrying more than this many replicas' fair share of "
+                             "recent requests is too hot to key on, and a longer prefix is used (0: always the "
+                             "first block)")
+
+
+def policy_options(args: argparse.Namespace) -> PolicyOptions:
+    """PolicyOptions from the flags of `add_policy_arguments`."""
+    if args.ttft_slo_ms is not None and not args.ttft_slo_ms > 0:
+        raise ValueError(f"--ttft-slo-ms must be positive, got {args.ttft_slo_ms}")
+    if args.session_load_factor != 0 and not args.session_load_factor >= 1:
+        raise ValueError(f"--session-load-factor must be >= 1 (or 0: no bound), got {args.session_load_factor}")
+    session_load_epsilon = args.session_load_factor - 1 if args.session_load_factor else None
+    return PolicyOptions(max_imbalance_tokens=args.max_imbalance_tokens, max_imbalance_ratio=args.max_imbalance_ratio,
+                         default_ttft_slo_ms=args.ttft_slo_ms, default_prefill_tokens_per_s=args.prefill_tokens_per_s,
+                         hot_key_factor=args.hot_key_factor, session_load_epsilon=session_load_epsilon)
+
+
+def add_router_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """The policy flags and the router's own, shared by `route` and `serve --replicas N`."""
+    add_policy_arguments(parser)
     parser.add_argument("--prefix-ttl", type=float, default=RouterConfig.prefix_ttl_s, metavar="SECONDS",
                         help="how long a routed prompt counts as cached on an engine without a KV-event feed")
     parser.add_argument("--health-interval", type=float, default=RouterConfig.health_interval_s, metavar="SECONDS")
@@ -43,16 +73,13 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
                              "folder or tokenizer.json matching the backends' model, or 'none' (estimate)")
     parser.add_argument("--block-size", type=int, default=RouterConfig.default_block_size,
                         help="KV block size assumed for backends that do not publish theirs")
-    add_policy_arguments(parser)
+    add_router_arguments(parser)
     parser.add_argument("--log-level", default=RouterConfig.log_level, choices=LOG_LEVELS)
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
 
 
 def router_config(args: argparse.Namespace, backends: list[str], tokenizer: str | None) -> RouterConfig:
-    options = PolicyOptions(max_imbalance_tokens=args.max_imbalance_tokens, default_ttft_slo_ms=args.ttft_slo_ms,
-                            default_prefill_tokens_per_s=args.prefill_tokens_per_s)
-    if args.ttft_slo_ms is not None and not args.ttft_slo_ms > 0:
-        raise ValueError(f"--ttft-slo-ms must be positive, got {args.ttft_slo_ms}")
+    options = policy_options(args)
     return RouterConfig(backends=backends, policy=args.policy, host=args.host, port=args.port, tokenizer=tokenizer,
                         policy_options=options, health_interval_s=args.health_interval,
                         max_attempts=args.max_attempts, prefix_ttl_s=args.prefix_ttl,

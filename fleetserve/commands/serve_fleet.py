@@ -13,7 +13,7 @@ import os
 import sys
 
 from fleetserve.commands.engine_arguments import add_engine_arguments
-from fleetserve.commands.route import add_policy_arguments, router_config
+from fleetserve.commands.route import add_router_arguments, router_config
 from fleetserve.commands.serve_arguments import add_serve_arguments
 from fleetserve.engine.config import parse_size
 from fleetserve.fleet.launcher import ReplicaPlan, plan_replicas
@@ -21,7 +21,8 @@ from fleetserve.fleet.launcher import ReplicaPlan, plan_replicas
 # Flags the launcher decides per replica, or that belong to the router: never passed on as given.
 _NOT_PASSED_ON = {"help", "host", "port", "threads", "kv_cache_memory", "replicas", "replica_base_port",
                   "kv_cache_memory_per_replica", "policy", "ttft_slo_ms", "prefill_tokens_per_s",
-                  "max_imbalance_tokens", "prefix_ttl", "health_interval", "max_attempts"}
+                  "max_imbalance_tokens", "max_imbalance_ratio", "hot_key_factor", "session_load_factor",
+                  "prefix_ttl", "health_interval", "max_attempts"}
 
 
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,7 +34,7 @@ def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
                        help="replica i listens on this port + i (default: --port + 1)")
     group.add_argument("--kv-cache-memory-per-replica", default=None,
                        help="give each replica this KV budget instead of an even split of --kv-cache-memory")
-    add_policy_arguments(group)
+    add_router_arguments(group)
 
 
 def fleet_plan(args: argparse.Namespace) -> list[ReplicaPlan]:

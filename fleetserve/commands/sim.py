@@ -12,8 +12,7 @@ import math
 from typing import TYPE_CHECKING
 
 from fleetserve.commands.bench_arguments import _positive
-from fleetserve.fleet.config import RouterConfig
-from fleetserve.fleet.policies import POLICY_NAMES, PolicyOptions
+from fleetserve.commands.route import add_policy_arguments, policy_options
 from fleetserve.sim.config import DEFAULT_MAX_QUEUE, PREFIX_VIEWS, ReplicaConfig, SimOptions
 from fleetserve.workload.traces import TRACE_KINDS
 
@@ -37,11 +36,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --validate: the run's `--requests-out` log (default: the one its JSON names)")
     p.add_argument("--trace-kind", choices=TRACE_KINDS, default=None)
     p.add_argument("--fleet", required=True, help="hardware and counts, e.g. h100:8,l4:16 (cpu:4 for this machine)")
-    p.add_argument("--policy", choices=POLICY_NAMES, default=RouterConfig.policy, help="routing policy, as `route`")
-    p.add_argument("--max-imbalance-tokens", type=int, default=PolicyOptions.max_imbalance_tokens,
-                   help="prefix policy: hot-prefix guard")
-    p.add_argument("--ttft-slo-ms", type=float, default=PolicyOptions.default_ttft_slo_ms,
-                   help="two_choice policy: default TTFT SLO")
+    add_policy_arguments(p.add_argument_group("routing (as `fleetserve route`)"))
     p.add_argument("--perf", action="append", default=None, metavar="roofline|PROFILE.json",
                    help="performance model: 'roofline' or a `fleetserve profile` JSON (used for the hardware "
                         "it was measured on); repeat for mixed fleets (default: roofline)")
@@ -76,6 +71,10 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="write the result here (the `bench serve` JSON, plus `sim`)")
     p.add_argument("--requests-out", default=None, help="write one JSON line per request here")
     p.add_argument("--plot", default=None, help="write latency CDF and timeline PNGs into this folder")
+    p.add_argument("--timeline", default=None, metavar="DIR",
+                   help="write each replica's load, queue and cached blocks over time (JSON and PNG) into DIR")
+    p.add_argument("--timeline-interval", type=_positive(float), default=10.0,
+                   help="seconds of simulated time between --timeline samples")
     p.add_argument("--label", default=None, help="name of this run in tables and plots")
 
 
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"{', '.join(given)} cannot be used with --validate: it replays the live run's "
                              f"requests at their send times")
     slo = parse_slo(args.slo) if args.slo is not None else None
-    for path, is_dir in ((args.json, False), (args.requests_out, False), (args.plot, True)):
+    for path, is_dir in ((args.json, False), (args.requests_out, False), (args.plot, True), (args.timeline, True)):
         _prepare_output(path, is_dir)
     fleet = parse_fleet_spec(args.fleet)
     perf_specs = args.perf or ["roofline"]
@@ -111,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
                                    args.max_model_len, not args.no_prefix_caching, args.max_queue)
     options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times,
                          prefix_view=args.prefix_view)
-    policy = make_policy(args.policy, PolicyOptions(max_imbalance_tokens=args.max_imbalance_tokens,
-                                                    default_ttft_slo_ms=args.ttft_slo_ms))
+    policy = make_policy(args.policy, policy_options(args))
 
     live = None
     arrivals: list[Arrival] | Workload
@@ -132,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     console.print(f"simulating {len(workload)} requests of {workload.name} on {args.fleet} "
                   f"({', '.join(f'{name}: {model.name}' for name, model in perf.items())}; model {model_name}; "
                   f"policy {args.policy})")
-    sim = simulate(arrivals, fleet, perf, policy, model_config.max_position_embeddings, replica_config, options)
+    sim = simulate(arrivals, fleet, perf, policy, model_config.max_position_embeddings, replica_config, options,
+                   timeline_interval_s=args.timeline_interval if args.timeline else None)
     config = {"simulated": True, "label": args.label, "fleet": args.fleet, "policy": args.policy,
               "perf": {name: model.name for name, model in perf.items()}, "perf_args": perf_specs,
               "model": model_name, "replica": {"block_size": args.block_size, "max_num_seqs": args.max_num_seqs,
@@ -162,6 +161,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"wrote {args.requests_out}")
     if args.plot:
         for path in write_plots(sim.records, args.plot, title=title):
+            console.print(f"wrote {path}")
+    if args.timeline and sim.timeline is not None:
+        for path in sim.timeline.write(args.timeline, title):
             console.print(f"wrote {path}")
     return 0
 

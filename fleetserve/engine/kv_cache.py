@@ -68,6 +68,11 @@ class KVCacheManager:
         return len(self._free_unhashed) + len(self._free_cached)
 
     @property
+    def num_cached_blocks(self) -> int:
+        """Blocks that hold a prefix-cache entry, in use or free."""
+        return len(self._cached)
+
+    @property
     def usage(self) -> float:
         return 1.0 - self.num_free_blocks / self.num_blocks
 

@@ -22,6 +22,7 @@ from fleetserve.sim.block_hashes import request_block_hashes
 from fleetserve.sim.events import WakeupQueue
 from fleetserve.sim.replica import SimReplica
 from fleetserve.sim.router_view import RouterView
+from fleetserve.sim.timeline import ReplicaTimeline
 from fleetserve.sim.tracked import TrackedRequest
 from fleetserve.workload.spec import RequestSpec, Workload
 
@@ -41,7 +42,7 @@ def workload_arrivals(workload: Workload) -> list[Arrival]:
 
 
 class SimFleet:
-    def __init__(self, replicas: list[SimReplica], policy: Policy) -> None:
+    def __init__(self, replicas: list[SimReplica], policy: Policy, timeline: ReplicaTimeline | None = None) -> None:
         if not replicas:
             raise ValueError("a simulated fleet needs at least one replica")
         block_sizes = {replica.kv.block_size for replica in replicas}
@@ -59,6 +60,7 @@ class SimFleet:
         self.view = RouterView(replicas, prefix_views.pop())
         self.queue = WakeupQueue(len(replicas))
         self.clock = 0.0
+        self.timeline = timeline
         self._params: dict[int, SamplingParams] = {}
         self._uid = 0
 
@@ -90,8 +92,12 @@ class SimFleet:
                                  f"{arrival.spec.request_id!r} is sent at {arrival.sent_s} after {last_sent}")
             last_sent = arrival.sent_s
             self._advance(arrival.sent_s, inclusive=False)
+            if self.timeline is not None:
+                self.timeline.reached(arrival.sent_s)
             records.append(self._route(arrival))
         self._advance(float("inf"), inclusive=True)
+        if self.timeline is not None:
+            self.timeline.reached(self.clock, last=True)
 
     def _advance(self, until: float, inclusive: bool) -> None:
         """Run every replica wake-up before `until` (and at it, when inclusive)."""
@@ -130,6 +136,8 @@ class SimFleet:
         if index is None:
             raise ValueError(f"policy {self.policy.name!r} chose {replica_id!r}, not a replica of this fleet")
         replica = self.replicas[index]
+        if self.timeline is not None:
+            self.timeline.routed_to(index)
         cached = self.view.cached_tokens.get(index, 0)
         ticket = replica.router.begin(max(prompt - cached, 0), output, now)
         record = RequestRecord(spec.request_id, arrival.arrival_s, now, prompt_tokens=prompt)

@@ -16,6 +16,7 @@ from fleetserve.sim.build import build_replicas
 from fleetserve.sim.config import ReplicaConfig, SimOptions
 from fleetserve.sim.fleet import Arrival, SimFleet
 from fleetserve.sim.replica import SimReplica
+from fleetserve.sim.timeline import ReplicaTimeline
 from fleetserve.workload.spec import Workload
 
 
@@ -26,6 +27,7 @@ class SimulationRun:
     simulated_s: float
     wall_s: float
     cpu_s: float
+    timeline: ReplicaTimeline | None = None
 
     def stats(self) -> dict[str, Any]:
         """Per hardware: replicas, perf model, steps (simulated, in full, as decode segments), preemptions,
@@ -51,15 +53,18 @@ class SimulationRun:
 
 def simulate(arrivals: list[Arrival] | Workload, fleet: list[tuple[Hardware, int]],
              perf_by_hardware: Mapping[str, PerfModel], policy: Policy, model_max_len: int,
-             config: ReplicaConfig | None = None, options: SimOptions | None = None) -> SimulationRun:
+             config: ReplicaConfig | None = None, options: SimOptions | None = None,
+             timeline_interval_s: float | None = None) -> SimulationRun:
+    """With `timeline_interval_s`, also sample every replica's state on that grid (`SimulationRun.timeline`)."""
     if not len(arrivals):
         raise ValueError("nothing to simulate: the workload has no requests")
     replicas = build_replicas(fleet, perf_by_hardware, config or ReplicaConfig(), model_max_len, options)
-    sim = SimFleet(replicas, policy)
+    timeline = ReplicaTimeline(replicas, timeline_interval_s) if timeline_interval_s is not None else None
+    sim = SimFleet(replicas, policy, timeline)
     started, cpu_started = time.perf_counter(), time.process_time()
     records = sim.run(arrivals)
     return SimulationRun(records, replicas, sim.clock, time.perf_counter() - started,
-                         time.process_time() - cpu_started)
+                         time.process_time() - cpu_started, timeline)
 
 
 def sim_result(run: SimulationRun, workload: Workload, config: dict[str, Any], slo: SLO | None) -> dict[str, Any]:

@@ -13,9 +13,10 @@ from fleetserve.fleet.policies import (
     PrefixAware,
     RoundRobin,
     SessionAffinity,
+    SLOGuard,
     TwoChoice,
     make_policy,
-    ring_owner,
+    ring_order,
 )
 from fleetserve.fleet.snapshot import FleetSnapshot, ReplicaState, RouteRequest
 
@@ -81,9 +82,9 @@ def test_session_sticks_to_one_replica_and_moves_only_when_it_leaves():
     full = fleet(replica("a"), replica("b"), replica("c"), replica("d"))
     before = {f"user-{i}": policy.choose(request(session_key=f"user-{i}"), full) for i in range(400)}
     assert len(set(before.values())) == 4
-    # Load does not move a session.
-    loaded = fleet(replica("a", decoding_tokens=10**6), replica("b"), replica("c"), replica("d"))
-    assert all(policy.choose(request(session_key=k), loaded) == v for k, v in before.items() if v == "a")
+    # Load within the bound does not move a session.
+    loaded = fleet(replica("a", decoding_tokens=300), replica("b", decoding_tokens=200), replica("c"), replica("d"))
+    assert all(policy.choose(request(session_key=k), loaded) == v for k, v in before.items())
     # Only the sessions of a replica that leaves move.
     without_b = fleet(replica("a"), replica("b", healthy=False), replica("c"), replica("d"))
     after = {k: policy.choose(request(session_key=k), without_b) for k in before}
@@ -92,8 +93,27 @@ def test_session_sticks_to_one_replica_and_moves_only_when_it_leaves():
 
 
 def test_session_ring_spreads_keys_evenly():
-    counts = Counter(ring_owner(f"user-{i}", ("a", "b", "c", "d"), 64) for i in range(4000))
+    counts = Counter(ring_order(f"user-{i}", ("a", "b", "c", "d"), 64)[0] for i in range(4000))
     assert all(700 < n < 1300 for n in counts.values()), counts
+    assert all(sorted(ring_order(f"user-{i}", ("a", "b", "c", "d"), 64)) == list("abcd") for i in range(50))
+
+
+def test_session_overflow_walks_the_ring_past_replicas_over_the_load_bound():
+    policy = SessionAffinity(virtual_nodes=64, load_epsilon=0.25)
+    key = "user-7"
+    first, second, *_ = ring_order(key, tuple("abcd"), 64)
+    req = request(session_key=key, prompt_tokens=100, max_tokens=100)
+
+    def snapshot(first_work: int, second_work: int = 0) -> FleetSnapshot:
+        work = {first: first_work, second: second_work}
+        return fleet(*(replica(n, decoding_tokens=work.get(n, 1000)) for n in "abcd"))
+
+    # The bound: 1.25 times the mean work with the request's 200 tokens counted.
+    assert policy.choose(req, snapshot(1000)) == first  # 1000 <= 1.25 * (1000 + 2000 + 200) / 4
+    assert policy.choose(req, snapshot(6000)) == second  # 6000 > 1.25 * (6000 + 2000 + 200) / 4
+    assert policy.choose(req, snapshot(6000, 6000)) not in (first, second)
+    # Without the bound the session never moves.
+    assert SessionAffinity(load_epsilon=None).choose(req, snapshot(10**6)) == first
 
 
 def test_session_without_a_key_falls_back_to_least_loaded():
@@ -113,19 +133,38 @@ def test_prefix_score_trades_cache_against_queued_work_in_tokens():
     assert PrefixAware().choose(request(prompt_tokens=1000), snapshot) == "cold"
 
 
-def test_prefix_hot_prefix_spills_beyond_the_imbalance_bound():
+def test_prefix_imbalance_guard_spills_only_beyond_both_bounds():
     hot = replica("hot", cached_prefix_tokens=9000, waiting_prefill_tokens=3000)
     snapshot = fleet(hot, replica("idle-1", decoding_tokens=100), replica("idle-2", cached_prefix_tokens=2000,
                                                                         decoding_tokens=200))
     big = request(prompt_tokens=10000)
-    # Within the bound the cached replica wins (1000 + 3000 < 8200 + 200) ...
+    # Off by default, and within the bound: the cached replica wins (1000 + 3000 < 8200 + 200) ...
+    assert PrefixAware().choose(big, snapshot) == "hot"
     assert PrefixAware(max_imbalance_tokens=4096).choose(big, snapshot) == "hot"
-    # ... beyond it the request spills to the cheapest replica within the bound of the least loaded.
+    # ... beyond both bounds the request spills to the cheapest replica within them.
     assert PrefixAware(max_imbalance_tokens=1000).choose(big, snapshot) == "idle-2"
+    # 3000 tokens of work is over 1000 above the lightest (100) but not 40 times it: no spill.
+    assert PrefixAware(max_imbalance_tokens=1000, max_imbalance_ratio=40).choose(big, snapshot) == "hot"
 
 
-def test_two_choice_candidates_depend_only_on_the_prefix_and_are_distinct():
-    policy = TwoChoice(key_blocks=1)
+def test_prefix_slo_guard_moves_a_request_only_to_rescue_its_ttft():
+    def snapshot(queued: int) -> FleetSnapshot:
+        return fleet(replica("warm", cached_prefix_tokens=3000, waiting_prefill_tokens=queued,
+                             prefill_tokens_per_s=4000.0),
+                     replica("other", decoding_tokens=2000, prefill_tokens_per_s=4000.0))
+    req = request(prompt_tokens=4000, ttft_slo_ms=1500)
+    # warm: (2000 + 1000) / 4000 = 750 ms, within the SLO; cost 3000 < other's 4000 + 2000.
+    assert PrefixAware().choose(req, snapshot(2000)) == "warm"
+    # warm: (3500 + 1000) / 4000 = 1125 ms, still within: stays though other would also make it.
+    assert PrefixAware().choose(req, snapshot(3500)) == "warm"
+    # With a tighter SLO warm misses (1125 ms > 1100) and other meets it (1000 ms): moved.
+    assert PrefixAware().choose(request(prompt_tokens=4000, ttft_slo_ms=1100), snapshot(3500)) == "other"
+    # Both miss 900 ms: stays with the cache.
+    assert PrefixAware().choose(request(prompt_tokens=4000, ttft_slo_ms=900), snapshot(3500)) == "warm"
+
+
+def test_two_choice_candidates_depend_only_on_the_key_prefix_and_are_distinct():
+    policy = TwoChoice(key_blocks=1, hot_key_factor=0)  # a fixed key: the first block
     replicas = [replica(n) for n in "abcdefgh"]
     shared = [policy.candidates(request(f"r{i}", block_hashes=(42, i)), replicas) for i in range(20)]
     assert all([c.replica_id for c in pair] == [c.replica_id for c in shared[0]] for pair in shared)
@@ -135,8 +174,44 @@ def test_two_choice_candidates_depend_only_on_the_prefix_and_are_distinct():
     assert len(firsts) == 8 and min(firsts.values()) > 50
 
 
-def test_two_choice_picks_the_cheaper_candidate():
+def session_turns(policy: TwoChoice, replicas: list[ReplicaState], sessions: int, turns: int
+                  ) -> dict[int, set[tuple[str, ...]]]:
+    """Interleaved sessions whose prompts all open with the same header block (42), then the session's
+    own first message (1000 + session), then later turns; returns each session's candidate pairs."""
+    pairs: dict[int, set[tuple[str, ...]]] = {session: set() for session in range(sessions)}
+    for turn in range(turns):
+        for session in range(sessions):
+            hashes = (42, 1000 + session, *range(10_000 * session, 10_000 * session + 2 * turn))
+            pair = policy.candidates(request(f"s{session}t{turn}", block_hashes=hashes), replicas)
+            if turn > 0:  # the first turns teach the policy that block 42 is in every prompt
+                pairs[session].add(tuple(sorted(c.replica_id for c in pair)))
+    return pairs
+
+
+def test_two_choice_keys_past_a_prefix_every_request_shares():
+    replicas = [replica(n) for n in "abcdefgh"]
+    adaptive = session_turns(TwoChoice(), replicas, sessions=40, turns=6)
+    # Each session keeps one pair of candidates over its turns, and sessions spread over the fleet.
+    assert all(len(pairs) == 1 for pairs in adaptive.values())
+    assert len({name for pairs in adaptive.values() for pair in pairs for name in pair}) == 8
+    # Keyed on the shared header alone, every session gets the same two candidates.
+    fixed = session_turns(TwoChoice(hot_key_factor=0), replicas, sessions=40, turns=6)
+    assert len({pair for pairs in fixed.values() for pair in pairs}) == 1
+
+
+def test_two_choice_keeps_a_prefix_with_a_fair_share_on_its_two_candidates():
     policy = TwoChoice()
+    replicas = [replica(n) for n in "abcdefgh"]
+    pairs: dict[int, set[tuple[str, ...]]] = {group: set() for group in range(16)}
+    for i in range(800):  # 16 system prompts, each 1/16 of the traffic: under one replica's share (1/8)
+        group = i % 16
+        pair = policy.candidates(request(f"r{i}", block_hashes=(group, 100 + i)), replicas)
+        pairs[group].add(tuple(sorted(c.replica_id for c in pair)))
+    assert all(len(group_pairs) == 1 for group_pairs in pairs.values())
+
+
+def test_two_choice_picks_the_cheaper_candidate():
+    policy = TwoChoice(hot_key_factor=0)
     names = "abcd"
     req = request(block_hashes=(7, 8))
     first, second = (c.replica_id for c in policy.candidates(req, [replica(n) for n in names]))
@@ -164,7 +239,7 @@ def test_two_choice_falls_back_to_least_loaded_when_the_ttft_slo_is_at_risk():
     assert TwoChoice().choose(req, snapshot(2000)) in others
     # The router default applies when the request sets no SLO; no speed known means no guard.
     no_slo = request(prompt_tokens=1000, block_hashes=(11,))
-    assert TwoChoice(default_ttft_slo_ms=500).choose(no_slo, snapshot(2000)) in others
+    assert TwoChoice(slo_guard=SLOGuard(default_ttft_slo_ms=500)).choose(no_slo, snapshot(2000)) in others
     assert TwoChoice().choose(no_slo, snapshot(2000)) in pair
 
 
@@ -176,11 +251,12 @@ def test_two_choice_without_a_full_block_spreads_by_request_id():
 
 def test_policy_options_reach_the_policies():
     options = PolicyOptions(virtual_nodes=8, max_imbalance_tokens=7, key_blocks=2, default_ttft_slo_ms=300.0,
-                            default_prefill_tokens_per_s=1234.0)
+                            default_prefill_tokens_per_s=1234.0, hot_key_factor=0.5)
     assert make_policy("session", options).virtual_nodes == 8
     assert make_policy("prefix", options).max_imbalance_tokens == 7
     two = make_policy("two_choice", options)
-    assert (two.key_blocks, two.default_ttft_slo_ms, two.default_prefill_tokens_per_s) == (2, 300.0, 1234.0)
+    assert (two.key_blocks, two.hot_key_factor) == (2, 0.5)
+    assert two.slo_guard == SLOGuard(300.0, 1234.0) == make_policy("prefix", options).slo_guard
 
 
 def test_two_choice_stays_with_its_cached_candidate_when_moving_would_not_rescue_the_slo():

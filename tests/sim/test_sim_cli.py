@@ -23,13 +23,16 @@ def test_sim_writes_the_bench_serve_result_and_plots(tmp_path, model_config, cap
     out, plots, log = tmp_path / "sim.json", tmp_path / "plots", tmp_path / "requests.jsonl"
     code = main(["sim", "--synthetic", "rate=20,n=200,prompt=uniform:64:1024,output=uniform:8:128",
                  "--fleet", "h100:2,l4:2", "--model-config", str(model_config), "--slo", "ttft=200,tpot=50",
-                 "--json", str(out), "--plot", str(plots), "--requests-out", str(log)])
+                 "--json", str(out), "--plot", str(plots), "--requests-out", str(log), "--timeline", str(plots),
+                 "--timeline-interval", "1"])
     assert code == 0, capsys.readouterr().err
     result = json.loads(out.read_text())
     assert result["completed"] == 200 and result["slo_attainment"] is not None
     assert set(result["sim"]["hardware"]) == {"h100", "l4"}
     assert result["config"]["simulated"] is True and result["config"]["fleet"] == "h100:2,l4:2"
     assert (plots / "latency_cdf.png").is_file() and (plots / "timeline.png").is_file()
+    timeline = json.loads((plots / "replica_timeline.json").read_text())
+    assert len(timeline["replicas"]) == 4 and (plots / "replica_timeline.png").is_file()
     assert len(log.read_text().splitlines()) == 200
 
 
