@@ -154,13 +154,12 @@ class SessionAffinity:
         return least_loaded_of(request, healthy).replica_id
 
 
-def estimated_ttft_ms(request: RouteRequest, replica: ReplicaState, default_speed: float) -> float | None:
+def estimated_ttft_ms(request: RouteRequest, replica: ReplicaState, prefill_tokens_per_s: float) -> float | None:
     """(Prefill tokens queued on the replica + the request's uncached tokens) / its prefill speed; None when
     no speed is known."""
-    speed = replica.prefill_tokens_per_s or default_speed
-    if speed <= 0:
+    if prefill_tokens_per_s <= 0:
         return None
-    return 1000.0 * (replica.waiting_prefill_tokens + uncached_tokens(request, replica)) / speed
+    return 1000.0 * (replica.waiting_prefill_tokens + uncached_tokens(request, replica)) / prefill_tokens_per_s
 
 
 @dataclass(frozen=True)
@@ -168,19 +167,32 @@ class SLOGuard:
     """DualMap's SLO-aware switch: keep the cache-affine choice unless its estimated TTFT misses the TTFT
     SLO (the request's, else `default_ttft_slo_ms`) and the least loaded replica's estimate meets it. A
     request that misses its SLO either way stays where its prefix is cached, since scattering it adds
-    prefill work to the whole fleet. Without a known SLO or prefill speed the guard does nothing."""
+    prefill work to the whole fleet. Without a known SLO the guard does nothing.
+
+    A replica's prefill speed is the one the router learnt from its times to first byte; a replica that
+    has served nothing yet (the idle one the guard would move to) is credited with the mean learnt speed
+    of the others, per unit of weight, else `default_prefill_tokens_per_s`.
+    """
     default_ttft_slo_ms: float | None = None
     default_prefill_tokens_per_s: float = 0.0
+
+    def prefill_speed(self, replica: ReplicaState, healthy: list[ReplicaState]) -> float:
+        if replica.prefill_tokens_per_s > 0:
+            return replica.prefill_tokens_per_s
+        learnt = [r.prefill_tokens_per_s / max(r.weight, 1e-9) for r in healthy if r.prefill_tokens_per_s > 0]
+        if learnt:
+            return replica.weight * sum(learnt) / len(learnt)
+        return self.default_prefill_tokens_per_s
 
     def apply(self, request: RouteRequest, chosen: ReplicaState, healthy: list[ReplicaState]) -> ReplicaState:
         slo_ms = request.ttft_slo_ms if request.ttft_slo_ms is not None else self.default_ttft_slo_ms
         if slo_ms is None:
             return chosen
-        estimate = estimated_ttft_ms(request, chosen, self.default_prefill_tokens_per_s)
+        estimate = estimated_ttft_ms(request, chosen, self.prefill_speed(chosen, healthy))
         if estimate is None or estimate <= slo_ms:
             return chosen
         fallback = least_loaded_of(request, healthy)
-        fallback_estimate = estimated_ttft_ms(request, fallback, self.default_prefill_tokens_per_s)
+        fallback_estimate = estimated_ttft_ms(request, fallback, self.prefill_speed(fallback, healthy))
         if fallback_estimate is not None and fallback_estimate <= slo_ms:
             return fallback
         return chosen

@@ -269,3 +269,17 @@ def test_two_choice_stays_with_its_cached_candidate_when_moving_would_not_rescue
                                cached_prefix_tokens=3000 if n in pair else 0, prefill_tokens_per_s=2000.0)
                        for n in names))
     assert TwoChoice().choose(req, snapshot) in pair
+
+
+def test_slo_guard_credits_a_replica_that_served_nothing_yet_with_the_others_learnt_speed():
+    guard = SLOGuard(default_ttft_slo_ms=1000)
+    busy = replica("busy", waiting_prefill_tokens=8000, prefill_tokens_per_s=4000.0)
+    idle = replica("idle", weight=2.0)  # no speed learnt yet; twice busy's capacity
+    req = request(prompt_tokens=2000)
+    assert guard.prefill_speed(idle, [busy, idle]) == 8000.0
+    # busy: (8000 + 2000) / 4000 = 2.5 s; idle: 2000 / 8000 = 0.25 s.
+    assert guard.apply(req, busy, [busy, idle]) is idle
+    # With no speed learnt anywhere and none configured there is nothing to estimate: no move.
+    unknown = replica("busy", waiting_prefill_tokens=8000)
+    assert guard.apply(req, unknown, [unknown, idle]) is unknown
+    assert SLOGuard(1000, default_prefill_tokens_per_s=4000.0).apply(req, unknown, [unknown, idle]) is idle
