@@ -11,7 +11,8 @@ Work is measured in tokens throughout and divided by a replica's `weight` (its r
   cached prefix);
 - cost = uncached + queued work, the score of the cache-aware policies.
 
-`round_robin` keeps a counter: the one piece of state a policy holds (documented in docs/fleet.md).
+`round_robin` keeps a counter and `two_choice` the recent traffic share of prompt prefixes: the state a
+policy holds (documented in docs/fleet.md).
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def cheapest_of(request: RouteRequest, replicas: list[ReplicaState]) -> ReplicaS
 
 
 class RoundRobin:
-    """Each healthy replica in turn, in snapshot order."""
+    """Each healthy replica in turn, in snapshot order: the load-blind reference."""
     name: ClassVar[str] = "round_robin"
 
     def __init__(self) -> None:
@@ -115,6 +116,14 @@ def ring_order(key: str, replica_ids: tuple[str, ...], virtual_nodes: int) -> li
     return list(order)
 
 
+def load_bound(request: RouteRequest, healthy: list[ReplicaState], epsilon: float) -> float:
+    """`1 + epsilon` times the fleet's mean queued work per unit of weight, the request's own counted: the
+    most a replica may hold and still take a request under bounded loads (`SessionAffinity`)."""
+    work = request.prompt_tokens + request.max_tokens
+    total_weight = sum(max(r.weight, 1e-9) for r in healthy)
+    return (1 + epsilon) * (sum(r.queued_work_tokens for r in healthy) + work) / total_weight
+
+
 class SessionAffinity:
     """Consistent hashing of the session key onto a ring of the healthy replicas: a session stays on its
     replica (and its KV cache) while that replica lives; when one leaves, only its sessions move.
@@ -143,13 +152,10 @@ class SessionAffinity:
         replica_ids = tuple(r.replica_id for r in healthy)
         if self.load_epsilon is None:
             return ring_order(request.session_key, replica_ids, self.virtual_nodes)[0]
-        work = request.prompt_tokens + request.max_tokens
-        total_weight = sum(max(r.weight, 1e-9) for r in healthy)
-        bound = (1 + self.load_epsilon) * (sum(r.queued_work_tokens for r in healthy) + work) / total_weight
+        bound = load_bound(request, healthy, self.load_epsilon)
         by_id = {r.replica_id: r for r in healthy}
         for replica_id in ring_order(request.session_key, replica_ids, self.virtual_nodes):
-            replica = by_id[replica_id]
-            if replica.queued_work_tokens / max(replica.weight, 1e-9) <= bound:
+            if queued_work(by_id[replica_id]) <= bound:
                 return replica_id
         return least_loaded_of(request, healthy).replica_id
 
