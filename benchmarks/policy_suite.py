@@ -170,7 +170,8 @@ def plot(rows: list[dict], policies: list[str], workloads: list[str], path: Path
     axes.axhline(1.0, color="black", linewidth=0.8)
     axes.axhline(0.97, color="grey", linewidth=0.8, linestyle="--")
     axes.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))],
-                    [f"{workload}\n{load:.0%}" for workload, load in groups], fontsize="small")
+                    [f"{workload.replace('_', ' ')}\n{load:.0%}" for workload, load in groups], fontsize="small",
+                    rotation=20)
     axes.set_ylabel(f"goodput / {REFERENCE}'s")
     axes.set_title(f"Routing policies on {FLEET} (simulated), SLO TTFT <= 2 s, TPOT <= 100 ms")
     axes.legend(fontsize="small")
