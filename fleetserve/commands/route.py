@@ -6,17 +6,20 @@ Also runnable on its own: python -m fleetserve.commands.route --backend http://1
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from fleetserve.fleet.config import RouterConfig
-from fleetserve.fleet.policies import POLICY_NAMES, PolicyOptions
+from fleetserve.fleet.policies import ALL_POLICY_NAMES, PolicyOptions
+from fleetserve.fleet.routing_plan import RoutingPlan
 
 LOG_LEVELS = ["critical", "error", "warning", "info", "debug"]
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """The routing policy and its options, shared by `route`, `serve --replicas N` and `sim`."""
-    parser.add_argument("--policy", choices=POLICY_NAMES, default=RouterConfig.policy,
+    parser.add_argument("--policy", choices=ALL_POLICY_NAMES, default=RouterConfig.policy,
                         help="routing policy (a request may pick another with the x-fleetserve-policy header)")
     parser.add_argument("--ttft-slo-ms", type=float, default=PolicyOptions.default_ttft_slo_ms,
                         help="prefix, two_choice: default TTFT SLO; a request whose estimated TTFT misses it goes "
@@ -38,6 +41,27 @@ def add_policy_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
                         help="two_choice: a prompt prefix carrying more than this many replicas' fair share of "
                              "recent requests is too hot to key on, and a longer prefix is used (0: always the "
                              "first block)")
+    parser.add_argument("--plan", default=None, metavar="PLAN.json",
+                        help="bucket: the capacity plan to route by, the JSON `fleetserve plan --json` writes (its "
+                             "per-bucket shares of each hardware pool)")
+
+
+def load_routing_plan(path: str) -> RoutingPlan:
+    """The routing plan in a `fleetserve plan --json` file (under "routing"), or a bare routing-plan file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"cannot read the plan {path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"the plan {path} is not JSON: {error}") from None
+    if isinstance(data, dict) and isinstance(data.get("routing"), dict):
+        data = data["routing"]
+    if not isinstance(data, dict):
+        raise ValueError(f"the plan {path} holds no routing plan (want a `fleetserve plan --json` file)")
+    try:
+        return RoutingPlan.from_jsonable(data)
+    except ValueError as error:
+        raise ValueError(f"the plan {path}: {error}; want a `fleetserve plan --json` file") from None
 
 
 def policy_options(args: argparse.Namespace) -> PolicyOptions:
@@ -47,9 +71,11 @@ def policy_options(args: argparse.Namespace) -> PolicyOptions:
     if args.session_load_factor != 0 and not args.session_load_factor >= 1:
         raise ValueError(f"--session-load-factor must be >= 1 (or 0: no bound), got {args.session_load_factor}")
     session_load_epsilon = args.session_load_factor - 1 if args.session_load_factor else None
+    routing_plan = load_routing_plan(args.plan) if args.plan is not None else None
     return PolicyOptions(max_imbalance_tokens=args.max_imbalance_tokens, max_imbalance_ratio=args.max_imbalance_ratio,
                          default_ttft_slo_ms=args.ttft_slo_ms, default_prefill_tokens_per_s=args.prefill_tokens_per_s,
-                         hot_key_factor=args.hot_key_factor, session_load_epsilon=session_load_epsilon)
+                         hot_key_factor=args.hot_key_factor, session_load_epsilon=session_load_epsilon,
+                         routing_plan=routing_plan)
 
 
 def add_router_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -63,9 +89,10 @@ def add_router_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
 
 
 def add_route_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", action="append", default=[], metavar="URL",
-                        help="an OpenAI-compatible server root, e.g. http://127.0.0.1:8001 (repeat for more; "
-                             "more can be added at run time with POST /admin/replicas)")
+    parser.add_argument("--backend", action="append", default=[], metavar="[POOL=]URL",
+                        help="an OpenAI-compatible server root, e.g. http://127.0.0.1:8001, or with its hardware "
+                             "pool for --policy bucket, e.g. a100=http://10.0.0.5:8000 (repeat for more; more can be "
+                             "added at run time with POST /admin/replicas)")
     parser.add_argument("--host", default=RouterConfig.host, help="address to bind (0.0.0.0 for all interfaces)")
     parser.add_argument("--port", type=int, default=RouterConfig.port)
     parser.add_argument("--tokenizer", default=RouterConfig.tokenizer,

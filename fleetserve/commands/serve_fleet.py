@@ -22,7 +22,7 @@ from fleetserve.fleet.launcher import ReplicaPlan, plan_replicas
 _NOT_PASSED_ON = {"help", "host", "port", "threads", "kv_cache_memory", "replicas", "replica_base_port",
                   "kv_cache_memory_per_replica", "policy", "ttft_slo_ms", "prefill_tokens_per_s",
                   "max_imbalance_tokens", "max_imbalance_ratio", "hot_key_factor", "session_load_factor",
-                  "prefix_ttl", "health_interval", "max_attempts"}
+                  "prefix_ttl", "health_interval", "max_attempts", "plan"}
 
 
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fleetserve.fleet.policies import POLICY_NAMES, PolicyOptions
+from fleetserve.fleet.policies import PolicyOptions, make_policy
 from fleetserve.wire.errors import DEFAULT_MAX_BODY_BYTES
 from fleetserve.wire.urls import server_url
 
@@ -35,8 +35,7 @@ class RouterConfig:
     access_log: bool = True
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICY_NAMES:
-            raise ValueError(f"unknown routing policy {self.policy!r}; choose one of {list(POLICY_NAMES)}")
+        make_policy(self.policy, self.policy_options)  # an unknown name, or bucket without a plan, is refused
         for name in ("health_interval_s", "health_timeout_s", "metrics_interval_s", "prefix_ttl_s",
                      "pending_ttl_s", "connect_timeout_s", "upstream_timeout_s"):
             if not getattr(self, name) > 0:

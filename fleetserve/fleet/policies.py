@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Callable, ClassVar, Protocol
 
 from fleetserve.fleet.key_heat import KeyHeat
+from fleetserve.fleet.routing_plan import RoutingPlan
 from fleetserve.fleet.snapshot import FleetSnapshot, ReplicaState, RouteRequest
 
 
@@ -308,6 +309,49 @@ class TwoChoice:
         return self.slo_guard.apply(request, chosen, healthy).replica_id
 
 
+class BucketPolicy:
+    """A capacity plan's routing (`fleetserve plan`): each request goes to a hardware pool by its length
+    bucket (prompt tokens, max_tokens) and the plan's shares for that bucket, then to the least loaded healthy
+    replica of that pool (a replica's `pool`).
+
+    The pool is drawn from a stable hash of the request id, so a request always draws the same pool and
+    over many requests each pool gets its share. A drawn pool with no healthy replica passes the request to
+    the bucket's other pools, largest share first, and then to the least loaded replica of the whole fleet,
+    as does a bucket the plan gives no shares.
+    """
+    name: ClassVar[str] = "bucket"
+
+    def __init__(self, plan: RoutingPlan) -> None:
+        self.plan = plan
+        # bucket -> (pools in a fixed order, their cumulative shares), so a draw is one bisect
+        self._draws: dict[tuple[int, int], tuple[tuple[str, ...], tuple[float, ...]]] = {}
+        for bucket, shares in plan.weights.items():
+            pools = tuple(sorted(shares))
+            self._draws[bucket] = pools, tuple(itertools.accumulate(shares[pool] for pool in pools))
+
+    def pools_for(self, request: RouteRequest) -> list[str]:
+        """The pools to try, in order: the drawn one, then the bucket's others by share; [] for a bucket
+        without shares."""
+        bucket = self.plan.buckets.index(request.prompt_tokens, request.max_tokens)
+        shares = self.plan.weights.get(bucket)
+        if not shares:
+            return []
+        pools, cumulative = self._draws[bucket]
+        point = (stable_hash("bucket", request.request_id) >> 11) / 2**53 * cumulative[-1]  # in [0, total)
+        drawn = pools[min(bisect.bisect_right(cumulative, point), len(pools) - 1)]
+        others = sorted((pool for pool in pools if pool != drawn and shares[pool] > 0),
+                        key=lambda pool: (-shares[pool], pool))
+        return [drawn, *others]
+
+    def choose(self, request: RouteRequest, snapshot: FleetSnapshot) -> str:
+        healthy = healthy_or_raise(snapshot)
+        for pool in self.pools_for(request):
+            members = [r for r in healthy if r.pool == pool]
+            if members:
+                return least_loaded_of(request, members).replica_id
+        return least_loaded_of(request, healthy).replica_id
+
+
 @dataclass(frozen=True)
 class PolicyOptions:
     """Tunables shared by the live router and the simulator; each policy takes the ones it needs."""
@@ -319,9 +363,17 @@ class PolicyOptions:
     default_ttft_slo_ms: float | None = None
     default_prefill_tokens_per_s: float = 0.0
     hot_key_factor: float = 1.0
+    routing_plan: RoutingPlan | None = None  # for `bucket`: the plan `fleetserve plan` wrote
 
     def slo_guard(self) -> SLOGuard:
         return SLOGuard(self.default_ttft_slo_ms, self.default_prefill_tokens_per_s)
+
+
+def bucket_policy(options: PolicyOptions) -> BucketPolicy:
+    if options.routing_plan is None:
+        raise ValueError("the bucket policy routes by a capacity plan: pass --plan PLAN.json (a file written by "
+                         "`fleetserve plan --json`)")
+    return BucketPolicy(options.routing_plan)
 
 
 _FACTORIES: dict[str, Callable[[PolicyOptions], Policy]] = {
@@ -330,12 +382,20 @@ _FACTORIES: dict[str, Callable[[PolicyOptions], Policy]] = {
     SessionAffinity.name: lambda o: SessionAffinity(o.virtual_nodes, o.session_load_epsilon),
     PrefixAware.name: lambda o: PrefixAware(o.max_imbalance_tokens, o.max_imbalance_ratio, o.slo_guard()),
     TwoChoice.name: lambda o: TwoChoice(o.key_blocks, o.slo_guard(), o.hot_key_factor),
+    BucketPolicy.name: bucket_policy,
 }
 
-POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+PLAN_POLICY_NAMES: tuple[str, ...] = (BucketPolicy.name,)  # these need PolicyOptions.routing_plan
+POLICY_NAMES: tuple[str, ...] = tuple(name for name in _FACTORIES if name not in PLAN_POLICY_NAMES)
+ALL_POLICY_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def available_policy_names(options: PolicyOptions) -> tuple[str, ...]:
+    """The policies these options can build: those of a plan only when they carry one."""
+    return ALL_POLICY_NAMES if options.routing_plan is not None else POLICY_NAMES
 
 
 def make_policy(name: str, options: PolicyOptions | None = None) -> Policy:
     if name not in _FACTORIES:
-        raise ValueError(f"unknown routing policy {name!r}; choose one of {list(POLICY_NAMES)}")
+        raise ValueError(f"unknown routing policy {name!r}; choose one of {list(ALL_POLICY_NAMES)}")
     return _FACTORIES[name](options or PolicyOptions())

@@ -8,6 +8,7 @@ streamed answer covers the prefill queued ahead of the request plus its own unca
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -16,11 +17,18 @@ from fleetserve.wire.urls import server_root
 
 SPEED_SMOOTHING = 0.2  # weight of the newest sample in the prefill-speed moving average
 MIN_SPEED_SAMPLE_TOKENS = 16  # shorter prefills time mostly overhead, not prefill
+BACKEND_WITH_POOL = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)=(.+)")  # a URL's scheme has ':', a pool name not
 
 
 def normalize_backend_url(url: str) -> str:
     """The server root (people paste OpenAI base URLs); raises InvalidServerURL."""
     return server_root(url, "backend URL")
+
+
+def parse_backend(spec: str) -> tuple[str, str | None]:
+    """(url, pool) from a `--backend`: a URL, or POOL=URL to name the replica's hardware pool (a100=http://...)."""
+    match = BACKEND_WITH_POOL.fullmatch(spec.strip())
+    return (match.group(2), match.group(1)) if match else (spec, None)
 
 
 def default_replica_id(url: str) -> str:
@@ -54,6 +62,7 @@ class Replica:
     decoding_tokens: int = 0
     reported: dict[str, float] = field(default_factory=dict)  # from the replica's /metrics
     kv_feed: str = "connecting"  # "connecting", "streaming", or "none" when the replica offers no feed
+    pool: str | None = None  # hardware pool, as a routing plan names it
 
     # --- request lifecycle -------------------------------------------------------------------------
 
@@ -120,11 +129,11 @@ class Replica:
                             decoding_tokens=max(self.decoding_tokens, 0),
                             kv_usage=self.reported.get("kv_usage", 0.0), block_size=self.block_size,
                             cached_prefix_tokens=cached_prefix_tokens,
-                            prefill_tokens_per_s=self.prefill_tokens_per_s, weight=self.weight)
+                            prefill_tokens_per_s=self.prefill_tokens_per_s, weight=self.weight, pool=self.pool)
 
     def describe(self) -> dict:
-        return {"id": self.replica_id, "url": self.url, "healthy": self.healthy, "weight": self.weight,
-                "models": list(self.models), "in_flight": self.in_flight,
+        return {"id": self.replica_id, "url": self.url, "pool": self.pool, "healthy": self.healthy,
+                "weight": self.weight, "models": list(self.models), "in_flight": self.in_flight,
                 "waiting_prefill_tokens": self.waiting_prefill_tokens, "decoding_tokens": self.decoding_tokens,
                 "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 1), "block_size": self.block_size,
                 "kv_feed": self.kv_feed, "reported": dict(self.reported), "last_error": self.last_error,

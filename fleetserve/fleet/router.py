@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fleetserve.fleet.config import RouterConfig
 from fleetserve.fleet.health import PROBE_TIMEOUT_S, probe_backend
 from fleetserve.fleet.proxy import forward
-from fleetserve.fleet.replicas import DuplicateReplica, UnknownReplica, normalize_backend_url
+from fleetserve.fleet.replicas import DuplicateReplica, UnknownReplica, normalize_backend_url, parse_backend
 from fleetserve.fleet.request_info import PromptTokenizer, describe_call
 from fleetserve.fleet.router_metrics import CONTENT_TYPE
 from fleetserve.fleet.router_state import SESSION_HEADER, RouterState
@@ -42,6 +42,7 @@ class AddReplica(BaseModel):
     url: str = Field(description="the backend's root URL, e.g. http://10.0.0.5:8000")
     id: str | None = Field(None, min_length=1, description="a name for it (default: host:port)")
     weight: float = Field(1.0, gt=0, description="relative capacity, for mixed hardware")
+    pool: str | None = Field(None, min_length=1, description="its hardware pool, as a routing plan names it (a100)")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -123,7 +124,7 @@ def create_router_app(router: RouterState) -> FastAPI:
     @app.post("/admin/replicas", status_code=201)
     async def add_replica(body: AddReplica) -> JSONResponse:
         try:
-            replica = await router.add_backend(body.url, body.id, body.weight)
+            replica = await router.add_backend(body.url, body.id, body.weight, body.pool)
         except (NotAnOpenAIServer, InvalidServerURL) as exc:
             raise bad_request(str(exc), "url") from None
         except DuplicateReplica as exc:
@@ -171,10 +172,11 @@ def load_prompt_tokenizer(spec: str | None) -> PromptTokenizer | None:
     return Tokenizer(folder)
 
 
-async def check_backends(urls: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> None:
+async def check_backends(backends: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Refuse, before serving, a backend that answers but is not an OpenAI server (a typo'd port, a web
     server). Backends that do not answer yet are fine: they join when healthy."""
     import httpx
+    urls = [parse_backend(backend)[0] for backend in backends]
     for url in urls:
         normalize_backend_url(url)
     async with httpx.AsyncClient(trust_env=False) as client:

@@ -19,9 +19,9 @@ import httpx
 from fleetserve.fleet.config import RouterConfig
 from fleetserve.fleet.health import HealthMonitor, probe_backend
 from fleetserve.fleet.kv_feed import KVFeedFollower
-from fleetserve.fleet.policies import POLICY_NAMES, Policy, make_policy
+from fleetserve.fleet.policies import Policy, available_policy_names, make_policy
 from fleetserve.fleet.prefix_index import PrefixIndex
-from fleetserve.fleet.replicas import Replica, ReplicaRegistry, default_replica_id, normalize_backend_url
+from fleetserve.fleet.replicas import Replica, ReplicaRegistry, default_replica_id, normalize_backend_url, parse_backend
 from fleetserve.fleet.request_info import PromptTokenizer, RoutedCall
 from fleetserve.fleet.router_metrics import RouterMetrics
 from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
@@ -45,7 +45,8 @@ class RouterState:
         self.registry = ReplicaRegistry()
         self.index = PrefixIndex(config.prefix_ttl_s)
         self.metrics = RouterMetrics(lambda: self.registry, self.index)
-        self.policies: dict[str, Policy] = {name: make_policy(name, config.policy_options) for name in POLICY_NAMES}
+        self.policies: dict[str, Policy] = {name: make_policy(name, config.policy_options)
+                                            for name in available_policy_names(config.policy_options)}
         self._ids = itertools.count()
         self._client: httpx.AsyncClient | None = None
         self._monitor: HealthMonitor | None = None
@@ -69,8 +70,9 @@ class RouterState:
         self._monitor = HealthMonitor(self._client, self.config, self._health_changed)
         self._feeds = KVFeedFollower(self._client, self.index)
         self._expiry = asyncio.create_task(self._expire_index())
-        for url in self.config.backends:
-            await self.add_backend(url)
+        for backend in self.config.backends:
+            url, pool = parse_backend(backend)
+            await self.add_backend(url, pool=pool)
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -89,7 +91,8 @@ class RouterState:
 
     # --- membership -----------------------------------------------------------------------------------
 
-    async def add_backend(self, url: str, replica_id: str | None = None, weight: float = 1.0) -> Replica:
+    async def add_backend(self, url: str, replica_id: str | None = None, weight: float = 1.0,
+                          pool: str | None = None) -> Replica:
         """Register a backend. A bad URL (InvalidServerURL), a duplicate (DuplicateReplica) and a backend
         that answers but is not an OpenAI server (NotAnOpenAIServer) are refused; one that does not answer
         yet is registered unhealthy and joins once its health check passes."""
@@ -97,7 +100,7 @@ class RouterState:
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
         replica = Replica(replica_id or default_replica_id(root), root, weight,
-                          block_size=self.config.default_block_size)
+                          block_size=self.config.default_block_size, pool=pool)
         self.registry.add(replica)  # checks for duplicates before anything is sent
         try:
             replica.models = await probe_backend(self.client, root)
@@ -150,7 +153,7 @@ class RouterState:
         name = headers.get(POLICY_HEADER) or self.config.policy
         if name not in self.policies:
             raise bad_request(f"unknown routing policy {name!r} in the {POLICY_HEADER} header; choose one of "
-                              f"{list(POLICY_NAMES)}", POLICY_HEADER)
+                              f"{list(self.policies)} (bucket needs a router started with --plan)", POLICY_HEADER)
         return name
 
     def check_model(self, model: str | None) -> None:

@@ -31,6 +31,7 @@ class ReplicaState:
     cached_prefix_tokens: int = 0  # for the request being routed: tokens of its prompt cached here
     prefill_tokens_per_s: float = 0.0  # measured or modelled prefill speed; 0 when unknown
     weight: float = 1.0  # relative capacity, for mixed hardware
+    pool: str | None = None  # hardware pool, as a routing plan names it (e.g. "a100")
 
     @property
     def queued_work_tokens(self) -> int:

@@ -44,7 +44,7 @@ class SimReplica:
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config(model_max_len), self.kv)
         self.router = Replica(replica_id, f"sim://{replica_id}", weight=weight, block_size=config.block_size,
-                              healthy=True)
+                              healthy=True, pool=hardware_name)
         self.tracked: dict[str, TrackedRequest] = {}
         self.inbox: list[TrackedRequest] = []
         self.pending: SchedulerOutput | None = None
