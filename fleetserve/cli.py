@@ -1,5 +1,5 @@
 """One entry point: fleetserve generate | serve | route | bench offline | bench serve | bench compare | sim |
-profile.
+plan | profile.
 
 Each command names the function that adds its flags and the one that runs it, as "module:function"
 strings: a command's modules are imported only when that command is used, so `fleetserve sim` never loads
@@ -37,6 +37,8 @@ COMMANDS = (
             "fleetserve.commands.bench_arguments:add_bench_compare_arguments", "fleetserve.bench.serve:run_compare"),
     Command("sim", "replay a trace on a simulated fleet with the engine's scheduler and the router's policies",
             "fleetserve.commands.sim:add_sim_arguments", "fleetserve.commands.sim:run"),
+    Command("plan", "the cheapest mix of hardware that serves a workload within its SLO, re-checked by simulation",
+            "fleetserve.commands.plan:add_plan_arguments", "fleetserve.commands.plan:run"),
     Command("profile", "measure the engine's step time on this machine and fit a model for `fleetserve sim --perf`",
             "fleetserve.commands.profile:add_profile_arguments", "fleetserve.commands.profile:run"),
 )

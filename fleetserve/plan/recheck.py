@@ -1,0 +1,91 @@
+"""Re-check a plan on the whole workload: simulate its fleet with the `bucket` policy, request by request.
+
+The capacities behind a plan come from each bucket alone; the fleet sees the buckets mixed, bursts and
+all. When the planned fleet's SLO attainment falls short of the target, one device is added to the pool
+whose requests met the SLO least often, and the fleet is simulated again, until the target holds or the
+round limit is reached (then the result says so, with the last attainment).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from fleetserve.bench.metrics import SLO, summarize
+from fleetserve.fleet.policies import Policy, PolicyOptions, make_policy
+from fleetserve.fleet.routing_plan import RoutingPlan
+from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
+from fleetserve.perf.hardware import Hardware
+from fleetserve.perf.model import PerfModel
+from fleetserve.sim.config import ReplicaConfig, SimOptions
+from fleetserve.sim.simulate import simulate
+from fleetserve.workload.spec import Workload
+
+
+class RecordingPolicy:
+    """A policy that remembers where it sent each request."""
+    name: ClassVar[str] = "recording"
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.chosen: dict[str, str] = {}
+
+    def choose(self, request: RouteRequest, snapshot: FleetSnapshot) -> str:
+        replica_id = self.inner.choose(request, snapshot)
+        self.chosen[request.request_id] = replica_id
+        return replica_id
+
+
+@dataclass
+class RecheckRound:
+    devices: dict[str, int]
+    summary: dict[str, Any]  # the metrics module's summary (`slo_attainment` among it)
+    attainment_by_pool: dict[str, float]
+
+
+@dataclass
+class Recheck:
+    target: float
+    rounds: list[RecheckRound] = field(default_factory=list)
+
+    @property
+    def met(self) -> bool:
+        return bool(self.rounds) and (self.rounds[-1].summary["slo_attainment"] or 0.0) >= self.target
+
+    def to_jsonable(self) -> dict[str, Any]:
+        last = self.rounds[-1]
+        return {"target_attainment": self.target, "met": self.met, "devices": last.devices,
+                "slo_attainment": last.summary["slo_attainment"], "summary": last.summary,
+                "rounds": [{"devices": r.devices, "slo_attainment": r.summary["slo_attainment"],
+                            "attainment_by_pool": r.attainment_by_pool} for r in self.rounds]}
+
+
+def fleet_of(devices: Mapping[str, int], catalog: Mapping[str, Hardware]) -> list[tuple[Hardware, int]]:
+    return [(catalog[name], count) for name, count in devices.items() if count > 0]
+
+
+def recheck(workload: Workload, devices: Mapping[str, int], routing: RoutingPlan, catalog: Mapping[str, Hardware],
+            perf: Mapping[str, PerfModel], model_max_len: int, config: ReplicaConfig, slo: SLO, target: float,
+            max_rounds: int = 8, progress: Callable[[str], None] | None = None) -> Recheck:
+    result = Recheck(target)
+    current = {name: count for name, count in devices.items() if count > 0}
+    for _ in range(max_rounds + 1):
+        policy = RecordingPolicy(make_policy("bucket", PolicyOptions(routing_plan=routing)))
+        run = simulate(workload, fleet_of(current, catalog), perf, policy, model_max_len, config,
+                       SimOptions(record_token_times=False))
+        summary = summarize(run.records, None, slo)
+        pool_of = {replica.replica_id: replica.hardware_name for replica in run.replicas}
+        met: dict[str, list[bool]] = defaultdict(list)
+        for record in run.records:
+            met[pool_of[policy.chosen[record.request_id]]].append(slo.met_by(record))
+        by_pool = {pool: sum(flags) / len(flags) for pool, flags in sorted(met.items())}
+        result.rounds.append(RecheckRound(dict(current), summary, by_pool))
+        if progress is not None:
+            progress(f"re-check {current}: SLO attainment {summary['slo_attainment']:.3f} "
+                     f"(by pool {', '.join(f'{p} {a:.3f}' for p, a in by_pool.items())})")
+        if result.met or not by_pool:
+            break
+        short = min(by_pool, key=lambda pool: (by_pool[pool], catalog[pool].price_per_hour_usd))
+        current[short] = current.get(short, 0) + 1
+    return result

@@ -1,0 +1,159 @@
+"""One plan from the `fleetserve plan` flags: workload, hardware, capacities, solutions, re-checks; a result dict.
+
+Hardware on which the model does not fit is left out (and said so); no hardware left is an error. A bucket
+that no listed hardware can serve within the SLO is an error naming the bucket and the best attainment
+reached on any hardware with its requests arriving one by one.
+"""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from fleetserve.bench.metrics import parse_slo
+from fleetserve.bench.serve import load_workload, shape_workload
+from fleetserve.perf.hardware import Hardware, get_hardware
+from fleetserve.plan.assignment import Assignment, solve_melange, solve_split
+from fleetserve.plan.capacity import BucketCapacity, CapacitySearch, sample_of
+from fleetserve.plan.capacity_cache import CapacityCache, default_cache_path
+from fleetserve.plan.planner import (
+    Capacities,
+    PlanProblem,
+    assignment_summary,
+    cheapest_single_type,
+    find_capacities,
+    plan_input,
+    routing_plan,
+)
+from fleetserve.plan.recheck import Recheck, recheck
+from fleetserve.plan.workload_buckets import bucket_members
+from fleetserve.sim.config import ReplicaConfig
+from fleetserve.sim.perf_setup import load_model_config, load_profiles, perf_models
+
+
+class PlanError(ValueError):
+    """The plan cannot be made; the message says why and what to change."""
+
+
+def hardware_list(text: str | None) -> list[Hardware]:
+    if not text:
+        raise PlanError("--hardware is required: the types to choose from, e.g. --hardware h100,a100,l4,a10g")
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    hardware = [get_hardware(name) for name in names]
+    if len({hw.name for hw in hardware}) != len(hardware):
+        raise PlanError(f"--hardware {text!r} names a type twice")
+    return hardware
+
+
+def plan_from_args(args: argparse.Namespace, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    say = progress or (lambda line: None)
+    if args.slo is None:
+        raise PlanError("--slo is required, e.g. --slo ttft=2000,tpot=100 (milliseconds)")
+    slo = parse_slo(args.slo)
+    hardware = hardware_list(args.hardware)
+    perf_specs = args.perf or ["roofline"]
+    profiles = load_profiles(perf_specs)
+    model_config, model_name = load_model_config(args.model, args.model_config, profiles)
+    fitting, left_out = [], {}
+    for hw in hardware:
+        try:
+            perf = perf_models([(hw, 1)], perf_specs, model_config,
+                               {name: p for name, p in profiles.items() if name == hw.name})[hw.name]
+            perf.kv_capacity_tokens()
+        except ValueError as error:
+            left_out[hw.name] = str(error)
+            continue
+        fitting.append((hw, perf))
+    for name, why in left_out.items():
+        say(f"left out {name}: {why}")
+    if not fitting:
+        raise PlanError(f"model {model_name} fits none of the listed hardware: "
+                        + "; ".join(f"{name}: {why}" for name, why in left_out.items()))
+    workload = shape_workload(
+        load_workload(args.trace, args.synthetic, args.trace_kind, args.seed),
+        num_requests=args.num_requests, max_prompt_tokens=args.max_prompt_tokens,
+        max_output_tokens=args.max_output_tokens, speedup=args.speedup, rate=args.rate, duration_s=args.duration,
+        seed=args.seed)
+    config = ReplicaConfig(args.block_size, args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len,
+                           not args.no_prefix_caching, args.max_queue)
+    search = CapacitySearch(slo, args.attainment, args.sample_requests, seed=args.seed)
+    problem = PlanProblem(workload, [hw for hw, _ in fitting], {hw.name: perf for hw, perf in fitting},
+                          model_config, config, search, args.input_edges, args.output_edges, args.slice_factor)
+    cache = CapacityCache(None if args.no_cache else Path(args.cache) if args.cache else default_cache_path())
+    say(f"{len(workload)} requests at {problem.total_rate:.3g} req/s; capacities of "
+        f"{', '.join(hw.name for hw, _ in fitting)} per length bucket (cache: {cache.path or 'off'})")
+    capacities = find_capacities(problem, cache, say)
+    check_servable(problem, capacities)
+    given = plan_input(problem, capacities)
+    solutions: dict[str, Assignment | None] = {"melange": solve_melange(given), "split": solve_split(given),
+                                               "single_type": cheapest_single_type(problem, capacities)}
+    catalog = {hw.name: hw for hw, _ in fitting}
+    rechecks: dict[str, Recheck] = {}
+    if not args.no_recheck:
+        for name in ("split", "single_type"):
+            assignment = solutions[name]
+            if assignment is None:
+                continue
+            rechecks[name] = recheck(workload, assignment.devices, routing_plan(capacities, assignment), catalog,
+                                     problem.perf, model_config.max_position_embeddings, config, slo,
+                                     args.attainment, args.max_recheck_rounds, say)
+    return result_dict(args, problem, capacities, solutions, rechecks, model_name, left_out, cache)
+
+
+def check_servable(problem: PlanProblem, capacities: Capacities) -> None:
+    members = bucket_members(problem.workload, capacities.buckets)
+    for bucket in members:
+        if any(grid[bucket[0]][bucket[1]] > 0 for grid in capacities.by_hardware.values()):
+            continue
+        sample = sample_of(members[bucket], problem.search.sample_requests)
+        best = max(((BucketCapacity(hw, problem.perf[hw.name], problem.model_config.max_position_embeddings,
+                                    problem.config, problem.search).attainment_alone(sample), hw.name)
+                    for hw in problem.hardware), default=(0.0, "-"))
+        raise PlanError(
+            f"no listed hardware meets the SLO for bucket {capacities.buckets.label(bucket)} ({len(members[bucket])} "
+            f"requests) at attainment {problem.search.attainment:g}, even with its requests arriving one by one; "
+            f"the best was {best[1]} at {best[0]:.3f}. Loosen the SLO or the attainment, add faster hardware, or "
+            f"cap prompt lengths (--max-prompt-tokens)")
+
+
+def fleet_spec(devices: dict[str, int]) -> str:
+    return ",".join(f"{name}:{count}" for name, count in devices.items() if count > 0)
+
+
+def result_dict(args: argparse.Namespace, problem: PlanProblem, capacities: Capacities,
+                solutions: dict[str, Assignment | None], rechecks: dict[str, Recheck], model_name: str,
+                left_out: dict[str, str], cache: CapacityCache) -> dict[str, Any]:
+    plan = solutions["split"]
+    assert plan is not None
+    summaries = {name: None if a is None else assignment_summary(a, capacities) for name, a in solutions.items()}
+    prices = {hw.name: hw.price_per_hour_usd for hw in problem.hardware}
+
+    def cost(devices: dict[str, int]) -> float:
+        return sum(count * prices[name] for name, count in devices.items())
+
+    for name, check in rechecks.items():
+        entry = summaries[name]
+        assert entry is not None
+        devices = check.rounds[-1].devices
+        entry["rechecked"] = {"fleet": fleet_spec(devices), "devices": devices, "met": check.met,
+                              "cost_per_hour": cost(devices)}
+    final = rechecks["split"].rounds[-1].devices if "split" in rechecks else plan.devices
+    return {
+        "model": model_name, "slo": {"ttft_ms": problem.search.slo.ttft_ms, "tpot_ms": problem.search.slo.tpot_ms,
+                                     "e2e_ms": problem.search.slo.e2e_ms},
+        "attainment": problem.search.attainment, "total_rate": problem.total_rate,
+        "workload": problem.workload.describe(), "hardware_left_out": left_out,
+        "buckets": {"input_edges": list(capacities.buckets.input_edges),
+                    "output_edges": list(capacities.buckets.output_edges),
+                    "shares": capacities.shares,
+                    "requests": {capacities.buckets.label(b): n for b, n in capacities.members.items()}},
+        "capacities": capacities.by_hardware,
+        "cache": {"path": str(cache.path) if cache.path else None, "hits": capacities.cache_hits,
+                  "misses": capacities.cache_misses},
+        "solutions": summaries,
+        "recheck": rechecks["split"].to_jsonable() if "split" in rechecks else None,
+        "single_type_recheck": rechecks["single_type"].to_jsonable() if "single_type" in rechecks else None,
+        "fleet": fleet_spec(final), "cost_per_hour": cost(final),
+        "routing": routing_plan(capacities, plan).to_jsonable(),
+    }
