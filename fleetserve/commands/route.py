@@ -28,7 +28,8 @@ def add_policy_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     parser.add_argument("--prefill-tokens-per-s", type=float, default=PolicyOptions.default_prefill_tokens_per_s,
                         help="prefix, two_choice: prefill speed assumed until one is measured (0: no SLO guard "
                              "until then)")
-    parser.add_argument("--session-load-factor", type=float, default=1 + PolicyOptions.session_load_epsilon,
+    epsilon = PolicyOptions.session_load_epsilon
+    parser.add_argument("--session-load-factor", type=float, default=0.0 if epsilon is None else 1 + epsilon,
                         help="session: a replica whose queued work is over this many times the fleet's mean passes "
                              "the session on to the next replica of the ring (0: never)")
     parser.add_argument("--max-imbalance-tokens", type=int, default=PolicyOptions.max_imbalance_tokens,
