@@ -1,9 +1,10 @@
-"""Capacities found by simulation, kept on disk so a second plan over the same profiles is near-instant.
+"""Simulation results a plan needs, kept on disk so a second plan over the same profiles is near-instant.
 
-One JSON file of entries keyed by a digest of everything a capacity depends on: the model's architecture,
-the hardware's figures, the performance model, the engine settings, the SLO and attainment target, the
-search settings, and the bucket's sampled request lengths. Change any of them and the key changes. A
-corrupt or foreign file is not trusted: it is set aside and the cache starts empty.
+One JSON file of entries keyed by a digest of everything a result depends on. For a capacity: the model's
+architecture, the hardware's figures, the performance model, the engine settings, the SLO and attainment
+target, the search settings, and the bucket's sampled request lengths. For a re-check round: the same
+settings, the fleet, the routing, and a digest of the whole workload. Change any of them and the key
+changes. A corrupt or foreign file is not trusted: it is set aside and the cache starts empty.
 """
 from __future__ import annotations
 
@@ -29,19 +30,19 @@ def capacity_key(parts: dict[str, Any]) -> str:
 class CapacityCache:
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self.entries: dict[str, float] = {}
+        self.entries: dict[str, Any] = {}
         self.hits = 0
         self.misses = 0
         if path is not None and path.is_file():
             try:
                 data = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
-                    raise ValueError("not a map of capacities")
-                self.entries = {str(k): float(v) for k, v in data.items()}
+                if not isinstance(data, dict):
+                    raise ValueError("not a map of results")
+                self.entries = {str(k): v for k, v in data.items()}
             except ValueError:
                 path.replace(path.with_suffix(".corrupt"))
 
-    def get(self, key: str) -> float | None:
+    def get(self, key: str) -> Any:
         value = self.entries.get(key)
         if value is None:
             self.misses += 1
@@ -49,7 +50,7 @@ class CapacityCache:
             self.hits += 1
         return value
 
-    def put(self, key: str, value: float) -> None:
+    def put(self, key: str, value: Any) -> None:
         self.entries[key] = value
 
     def save(self) -> None:

@@ -75,7 +75,7 @@ def find_capacities(problem: PlanProblem, cache: CapacityCache,
                 "search": dataclasses.asdict(problem.search),
                 "sample": [(s.prompt_tokens, s.output_tokens, s.prefix_block_tokens, s.prefix_ids) for s in sample]})
             value = cache.get(key)
-            if value is None:
+            if not isinstance(value, (int, float)):
                 value = searcher.capacity(sample)
                 cache.put(key, value)
             grid[bucket[0]][bucket[1]] = value

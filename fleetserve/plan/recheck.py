@@ -3,10 +3,14 @@
 The capacities behind a plan come from each bucket alone; the fleet sees the buckets mixed, bursts and
 all. When the planned fleet's SLO attainment falls short of the target, one device is added to the pool
 whose requests met the SLO least often, and the fleet is simulated again, until the target holds or the
-round limit is reached (then the result says so, with the last attainment).
+round limit is reached (then the result says so, with the last attainment). Rounds are cached with the
+capacities (`capacity_cache`), keyed by a digest of the whole workload, the fleet, the routing and every
+setting, so a second plan, or a single-type fleet equal to the plan's, is not simulated again.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +22,7 @@ from fleetserve.fleet.routing_plan import RoutingPlan
 from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
 from fleetserve.perf.hardware import Hardware
 from fleetserve.perf.model import PerfModel
+from fleetserve.plan.capacity_cache import CapacityCache, capacity_key
 from fleetserve.sim.config import ReplicaConfig, SimOptions
 from fleetserve.sim.simulate import simulate
 from fleetserve.workload.spec import Workload
@@ -65,22 +70,51 @@ def fleet_of(devices: Mapping[str, int], catalog: Mapping[str, Hardware]) -> lis
     return [(catalog[name], count) for name, count in devices.items() if count > 0]
 
 
+def workload_digest(workload: Workload) -> str:
+    digest = hashlib.sha256()
+    for spec in workload:
+        digest.update(repr((spec.arrival_s, spec.prompt_tokens, spec.output_tokens, spec.prefix_block_tokens,
+                            spec.prefix_ids)).encode())
+    return digest.hexdigest()
+
+
+def simulate_round(workload: Workload, devices: dict[str, int], routing: RoutingPlan,
+                   catalog: Mapping[str, Hardware], perf: Mapping[str, PerfModel], model_max_len: int,
+                   config: ReplicaConfig, slo: SLO) -> RecheckRound:
+    policy = RecordingPolicy(make_policy("bucket", PolicyOptions(routing_plan=routing)))
+    run = simulate(workload, fleet_of(devices, catalog), perf, policy, model_max_len, config,
+                   SimOptions(record_token_times=False))
+    summary = summarize(run.records, None, slo)
+    pool_of = {replica.replica_id: replica.hardware_name for replica in run.replicas}
+    met: dict[str, list[bool]] = defaultdict(list)
+    for record in run.records:
+        met[pool_of[policy.chosen[record.request_id]]].append(slo.met_by(record))
+    by_pool = {pool: sum(flags) / len(flags) for pool, flags in sorted(met.items())}
+    return RecheckRound(dict(devices), summary, by_pool)
+
+
 def recheck(workload: Workload, devices: Mapping[str, int], routing: RoutingPlan, catalog: Mapping[str, Hardware],
             perf: Mapping[str, PerfModel], model_max_len: int, config: ReplicaConfig, slo: SLO, target: float,
-            max_rounds: int = 8, progress: Callable[[str], None] | None = None) -> Recheck:
+            max_rounds: int = 8, progress: Callable[[str], None] | None = None,
+            cache: CapacityCache | None = None) -> Recheck:
     result = Recheck(target)
     current = {name: count for name, count in devices.items() if count > 0}
+    workload_key = workload_digest(workload) if cache is not None else ""
     for _ in range(max_rounds + 1):
-        policy = RecordingPolicy(make_policy("bucket", PolicyOptions(routing_plan=routing)))
-        run = simulate(workload, fleet_of(current, catalog), perf, policy, model_max_len, config,
-                       SimOptions(record_token_times=False))
-        summary = summarize(run.records, None, slo)
-        pool_of = {replica.replica_id: replica.hardware_name for replica in run.replicas}
-        met: dict[str, list[bool]] = defaultdict(list)
-        for record in run.records:
-            met[pool_of[policy.chosen[record.request_id]]].append(slo.met_by(record))
-        by_pool = {pool: sum(flags) / len(flags) for pool, flags in sorted(met.items())}
-        result.rounds.append(RecheckRound(dict(current), summary, by_pool))
+        key = capacity_key({
+            "recheck": workload_key, "devices": sorted(current.items()), "routing": routing.to_jsonable(),
+            "hardware": {name: dataclasses.asdict(catalog[name]) for name in current},
+            "perf": {name: perf[name].name for name in current}, "max_len": model_max_len,
+            "replica": dataclasses.asdict(config), "slo": dataclasses.asdict(slo)})
+        cached = cache.get(key) if cache is not None else None
+        if isinstance(cached, dict):
+            round_ = RecheckRound(dict(current), cached["summary"], cached["attainment_by_pool"])
+        else:
+            round_ = simulate_round(workload, current, routing, catalog, perf, model_max_len, config, slo)
+            if cache is not None:
+                cache.put(key, {"summary": round_.summary, "attainment_by_pool": round_.attainment_by_pool})
+        result.rounds.append(round_)
+        summary, by_pool = round_.summary, round_.attainment_by_pool
         if progress is not None:
             progress(f"re-check {current}: SLO attainment {summary['slo_attainment']:.3f} "
                      f"(by pool {', '.join(f'{p} {a:.3f}' for p, a in by_pool.items())})")

@@ -97,7 +97,8 @@ def plan_from_args(args: argparse.Namespace, progress: Callable[[str], None] | N
                 continue
             rechecks[name] = recheck(workload, assignment.devices, routing_plan(capacities, assignment), catalog,
                                      problem.perf, model_config.max_position_embeddings, config, slo,
-                                     args.attainment, args.max_recheck_rounds, say)
+                                     args.attainment, args.max_recheck_rounds, say, cache)
+        cache.save()
     return result_dict(args, problem, capacities, solutions, rechecks, model_name, left_out, cache)
 
 

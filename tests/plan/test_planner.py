@@ -108,6 +108,14 @@ def test_plan_writes_solutions_a_recheck_and_a_routing_plan(tmp_path, model_conf
     routing = RoutingPlan.from_jsonable(result["routing"])
     assert set(routing.pools) <= {"h100", "a10g", "l4"}
     assert (tmp_path / "plots" / "costs.png").is_file()
+    # Again: every capacity and every re-check round comes from the cache, with the same answer.
+    again = tmp_path / "again.json"
+    assert main(["plan", "--synthetic", MIX, "--hardware", "h100,a10g,l4", "--model-config", str(model_config),
+                 "--slo", "ttft=1000,tpot=100", "--attainment", "0.9", "--sample-requests", "40",
+                 "--cache", str(tmp_path / "cache.json"), "--json", str(again)]) == 0
+    second = json.loads(again.read_text())
+    assert second["cache"]["misses"] == 0 and second["cache"]["hits"] == result["cache"]["misses"]
+    assert second["recheck"] == result["recheck"] and second["fleet"] == result["fleet"]
     # The plan file drives the simulator's bucket policy.
     assert main(["sim", "--synthetic", MIX, "--fleet", result["fleet"], "--model-config", str(model_config),
                  "--policy", "bucket", "--plan", str(out)]) == 0
