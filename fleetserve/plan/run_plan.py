@@ -77,6 +77,14 @@ def plan_from_args(args: argparse.Namespace, progress: Callable[[str], None] | N
         seed=args.seed)
     config = ReplicaConfig(args.block_size, args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len,
                            not args.no_prefix_caching, args.max_queue)
+    context = min(args.max_model_len or model_config.max_position_embeddings, model_config.max_position_embeddings)
+    too_long = [spec for spec in workload if spec.prompt_tokens + spec.output_tokens > context]
+    if too_long:
+        longest = max(too_long, key=lambda spec: spec.prompt_tokens + spec.output_tokens)
+        raise PlanError(f"{len(too_long)} of {len(workload)} requests need more than the {context}-token context "
+                        f"(the longest, {longest.request_id!r}, {longest.prompt_tokens} prompt + "
+                        f"{longest.output_tokens} output tokens): no fleet can serve them. Cap the lengths "
+                        f"(--max-prompt-tokens, --max-output-tokens) or plan for a model with a longer context")
     search = CapacitySearch(slo, args.attainment, args.sample_requests, seed=args.seed)
     problem = PlanProblem(workload, [hw for hw, _ in fitting], {hw.name: perf for hw, perf in fitting},
                           model_config, config, search, args.input_edges, args.output_edges, args.slice_factor)
@@ -108,14 +116,15 @@ def check_servable(problem: PlanProblem, capacities: Capacities) -> None:
         if any(grid[bucket[0]][bucket[1]] > 0 for grid in capacities.by_hardware.values()):
             continue
         sample = sample_of(members[bucket], problem.search.sample_requests)
-        best = max(((BucketCapacity(hw, problem.perf[hw.name], problem.model_config.max_position_embeddings,
-                                    problem.config, problem.search).attainment_alone(sample), hw.name)
-                    for hw in problem.hardware), default=(0.0, "-"))
+        reached = {hw.name: BucketCapacity(hw, problem.perf[hw.name], problem.model_config.max_position_embeddings,
+                                           problem.config, problem.search).attainment_alone(sample)
+                   for hw in problem.hardware}
+        best = max(reached, key=lambda name: reached[name])
         raise PlanError(
             f"no listed hardware meets the SLO for bucket {capacities.buckets.label(bucket)} ({len(members[bucket])} "
             f"requests) at attainment {problem.search.attainment:g}, even with its requests arriving one by one; "
-            f"the best was {best[1]} at {best[0]:.3f}. Loosen the SLO or the attainment, add faster hardware, or "
-            f"cap prompt lengths (--max-prompt-tokens)")
+            f"the best was {best}, with {reached[best]:.1%} of them within the SLO. Loosen the SLO or the "
+            f"attainment, add faster hardware, or cap prompt lengths (--max-prompt-tokens)")
 
 
 def fleet_spec(devices: dict[str, int]) -> str:

@@ -126,6 +126,7 @@ def test_plan_writes_solutions_a_recheck_and_a_routing_plan(tmp_path, model_conf
     (["--hardware", "h100", "--slo", "ttft=1"], "no listed hardware meets the SLO for bucket"),
     (["--hardware", "h100"], "--slo is required"),
     (["--hardware", "l4", "--model-config", "{big}"], "fits none of the listed hardware"),
+    (["--hardware", "h100", "--max-model-len", "200"], "requests need more than the 200-token context"),
 ])
 def test_bad_plans_are_clear_errors(tmp_path, model_config, capsys, args, message):
     big = tmp_path / "llama-70b.json"
