@@ -228,14 +228,14 @@ class KVCacheManager:
             hashes = self.request_block_hashes(request)
         cached = self._cached
         stored: list[BlockHash] = []
-        for index in range(start, end):
-            block = table[index]
-            if block.block_hash is None:
-                block_hash = hashes[index]
-                if block_hash not in cached:
-                    block.block_hash = block_hash
-                    cached[block_hash] = block
-                    stored.append(block_hash)
+        # Paired slices rather than indexing: a prefill publishes its whole prompt's blocks here, so this loop
+        # runs for nearly every block a simulated fleet ever fills.
+        for block, block_hash in zip(table[start:end], hashes[start:end]):
+            # When two requests computed the same block, the hash stays with the block that cached it first.
+            if block.block_hash is None and block_hash not in cached:
+                block.block_hash = block_hash
+                cached[block_hash] = block
+                stored.append(block_hash)
         self._num_cached_blocks[request_id] = end
         if stored and self.record_events:
             parent = hashes[start - 1] if start > 0 else None
