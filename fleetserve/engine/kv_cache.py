@@ -181,6 +181,11 @@ class KVCacheManager:
         """Move `count` (>= 1) free blocks to `table` in eviction order: blocks without a hash first, then
         the least recently used cached ones, whose hashes are evicted."""
         unhashed = self._free_unhashed
+        if count == 1 and unhashed:  # a decoding request's next block: most calls
+            block = unhashed.pop()
+            block.ref_count = 1
+            table.append(block)
+            return
         if unhashed:
             take = count if count < len(unhashed) else len(unhashed)
             taken = unhashed[-take:]
@@ -228,6 +233,7 @@ class KVCacheManager:
             hashes = self.request_block_hashes(request)
         cached = self._cached
         stored: list[BlockHash] = []
+        record_events = self.record_events  # the stored hashes are kept only for the feed
         # Paired slices rather than indexing: a prefill publishes its whole prompt's blocks here, so this loop
         # runs for nearly every block a simulated fleet ever fills.
         for block, block_hash in zip(table[start:end], hashes[start:end]):
@@ -235,9 +241,10 @@ class KVCacheManager:
             if block.block_hash is None and block_hash not in cached:
                 block.block_hash = block_hash
                 cached[block_hash] = block
-                stored.append(block_hash)
+                if record_events:
+                    stored.append(block_hash)
         self._num_cached_blocks[request_id] = end
-        if stored and self.record_events:
+        if stored:
             parent = hashes[start - 1] if start > 0 else None
             self.events.append(KVEvent("stored", stored, parent, len(stored) * self.block_size))
 
@@ -250,8 +257,9 @@ class KVCacheManager:
         free_cached = self._free_cached
         unhashed: list[KVBlock] = []
         for block in reversed(table):
-            block.ref_count -= 1
-            if block.ref_count == 0:
+            ref_count = block.ref_count - 1
+            block.ref_count = ref_count
+            if ref_count == 0:
                 if block.block_hash is None:
                     unhashed.append(block)
                 else:
