@@ -14,10 +14,8 @@ import argparse
 from pathlib import Path
 
 from fleetserve.commands.bench_arguments import _positive
-from fleetserve.sim.config import DEFAULT_MAX_QUEUE, ReplicaConfig
+from fleetserve.commands.replica_arguments import add_replica_arguments
 from fleetserve.workload.traces import TRACE_KINDS
-
-_DEFAULTS = ReplicaConfig()
 
 
 def _edges(text: str) -> list[int]:
@@ -63,13 +61,7 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the capacity cache")
     p.add_argument("--no-recheck", action="store_true", help="skip simulating the planned fleet on the workload")
     p.add_argument("--max-recheck-rounds", type=int, default=8, help="devices the re-check may add, one per round")
-    engine = p.add_argument_group("replica (the engine's scheduler settings; defaults as `fleetserve serve`)")
-    engine.add_argument("--block-size", type=_positive(int), default=_DEFAULTS.block_size)
-    engine.add_argument("--max-num-seqs", type=_positive(int), default=_DEFAULTS.max_num_seqs)
-    engine.add_argument("--max-num-batched-tokens", type=_positive(int), default=_DEFAULTS.max_num_batched_tokens)
-    engine.add_argument("--max-model-len", type=_positive(int), default=None)
-    engine.add_argument("--no-prefix-caching", action="store_true")
-    engine.add_argument("--max-queue", type=_positive(int), default=DEFAULT_MAX_QUEUE)
+    add_replica_arguments(p)
     p.add_argument("--json", default=None, help="write the plan here (the file `route --plan` takes)")
     p.add_argument("--plot", default=None, help="write cost and capacity plots into this folder")
 

@@ -12,15 +12,16 @@ import math
 from typing import TYPE_CHECKING
 
 from fleetserve.commands.bench_arguments import _positive
+from fleetserve.commands.replica_arguments import add_replica_arguments
+from fleetserve.commands.replica_arguments import replica_config as replica_config_of
 from fleetserve.commands.route import add_policy_arguments, policy_options
-from fleetserve.sim.config import DEFAULT_MAX_QUEUE, PREFIX_VIEWS, ReplicaConfig, SimOptions
+from fleetserve.sim.config import PREFIX_VIEWS, SimOptions
 from fleetserve.workload.traces import TRACE_KINDS
 
 if TYPE_CHECKING:
     from fleetserve.sim.fleet import Arrival
     from fleetserve.workload.spec import Workload
 
-_DEFAULTS = ReplicaConfig()
 _SHAPING_FLAGS = ("speedup", "rate", "scale_lengths", "num_requests", "max_prompt_tokens", "max_output_tokens",
                   "duration")
 
@@ -54,14 +55,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-output-tokens", type=_positive(int), default=None, help="cap output lengths")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic workloads and --rate")
     p.add_argument("--slo", default=None, help="latency SLO in ms for goodput, e.g. ttft=500,tpot=50")
-    engine = p.add_argument_group("replica (the engine's scheduler settings; defaults as `fleetserve serve`)")
-    engine.add_argument("--block-size", type=_positive(int), default=_DEFAULTS.block_size)
-    engine.add_argument("--max-num-seqs", type=_positive(int), default=_DEFAULTS.max_num_seqs)
-    engine.add_argument("--max-num-batched-tokens", type=_positive(int), default=_DEFAULTS.max_num_batched_tokens)
-    engine.add_argument("--max-model-len", type=_positive(int), default=None)
-    engine.add_argument("--no-prefix-caching", action="store_true")
-    engine.add_argument("--max-queue", type=_positive(int), default=DEFAULT_MAX_QUEUE,
-                        help="waiting requests before 429")
+    add_replica_arguments(p)
     p.add_argument("--no-skip", action="store_true", help="simulate every decode step (slower, same results)")
     p.add_argument("--prefix-view", choices=PREFIX_VIEWS, default=SimOptions.prefix_view,
                    help="how the router learns which replica caches a prefix: 'events' (the live router's index, "
@@ -106,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
     profiles = load_profiles(perf_specs)
     model_config, model_name = load_model_config(args.model, args.model_config, profiles)
     perf = perf_models(fleet, perf_specs, model_config, profiles)
-    replica_config = ReplicaConfig(args.block_size, args.max_num_seqs, args.max_num_batched_tokens,
-                                   args.max_model_len, not args.no_prefix_caching, args.max_queue)
+    replica_config = replica_config_of(args)
     options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times,
                          prefix_view=args.prefix_view)
     policy = make_policy(args.policy, policy_options(args))

@@ -5,11 +5,8 @@ replicas of the snapshot and raises NoHealthyReplica when there are none. Ties a
 (request id, replica id), so an idle fleet spreads requests instead of piling them on the first replica,
 and the same request against the same snapshot always gets the same answer.
 
-Work is measured in tokens throughout and divided by a replica's `weight` (its relative capacity):
-- queued work: prompt tokens still waiting for prefill plus output tokens still to decode;
-- uncached: the prompt tokens this replica would have to prefill for the request (prompt less its
-  cached prefix);
-- cost = uncached + queued work, the score of the cache-aware policies.
+Work, cost and the other measures policies share are in `fleetserve.fleet.policy_basics`; the `bucket`
+policy, which carries a capacity plan, is in `fleetserve.fleet.bucket_policy`.
 
 `round_robin` keeps a counter and `two_choice` the recent traffic share of prompt prefixes: the state a
 policy holds (documented in docs/fleet.md).
@@ -17,63 +14,24 @@ policy holds (documented in docs/fleet.md).
 from __future__ import annotations
 
 import bisect
-import hashlib
 import itertools
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, ClassVar, Protocol
+from typing import Callable, ClassVar
 
+from fleetserve.fleet.bucket_policy import BucketPolicy
 from fleetserve.fleet.key_heat import KeyHeat
+from fleetserve.fleet.policy_basics import (
+    Policy,
+    cheapest_of,
+    healthy_or_raise,
+    least_loaded_of,
+    queued_work,
+    stable_hash,
+    uncached_tokens,
+)
 from fleetserve.fleet.routing_plan import RoutingPlan
 from fleetserve.fleet.snapshot import FleetSnapshot, ReplicaState, RouteRequest
-
-
-class NoHealthyReplica(Exception):
-    """The snapshot has no healthy replica to route to."""
-
-
-class Policy(Protocol):
-    name: ClassVar[str]
-
-    def choose(self, request: RouteRequest, snapshot: FleetSnapshot) -> str: ...
-
-
-def stable_hash(*parts: object) -> int:
-    """A 64-bit hash that is the same in every process (Python's hash() of str is salted per process)."""
-    digest = hashlib.blake2b("\x1f".join(str(part) for part in parts).encode(), digest_size=8)
-    return int.from_bytes(digest.digest(), "little")
-
-
-def healthy_or_raise(snapshot: FleetSnapshot) -> list[ReplicaState]:
-    healthy = snapshot.healthy()
-    if not healthy:
-        known = [r.replica_id for r in snapshot.replicas]
-        raise NoHealthyReplica(f"no healthy replica among {known}")
-    return healthy
-
-
-def queued_work(replica: ReplicaState) -> float:
-    return replica.queued_work_tokens / max(replica.weight, 1e-9)
-
-
-def uncached_tokens(request: RouteRequest, replica: ReplicaState) -> int:
-    return max(request.prompt_tokens - replica.cached_prefix_tokens, 0)
-
-
-def cost(request: RouteRequest, replica: ReplicaState) -> float:
-    return (uncached_tokens(request, replica) + replica.queued_work_tokens) / max(replica.weight, 1e-9)
-
-
-def tie_break(request: RouteRequest, replica: ReplicaState) -> int:
-    return stable_hash(request.request_id, replica.replica_id)
-
-
-def least_loaded_of(request: RouteRequest, replicas: list[ReplicaState]) -> ReplicaState:
-    return min(replicas, key=lambda r: (queued_work(r), r.in_flight, tie_break(request, r)))
-
-
-def cheapest_of(request: RouteRequest, replicas: list[ReplicaState]) -> ReplicaState:
-    return min(replicas, key=lambda r: (cost(request, r), queued_work(r), tie_break(request, r)))
 
 
 class RoundRobin:
@@ -307,49 +265,6 @@ class TwoChoice:
         healthy = healthy_or_raise(snapshot)
         chosen = cheapest_of(request, self.candidates(request, healthy))
         return self.slo_guard.apply(request, chosen, healthy).replica_id
-
-
-class BucketPolicy:
-    """A capacity plan's routing (`fleetserve plan`): each request goes to a hardware pool by its length
-    bucket (prompt tokens, max_tokens) and the plan's shares for that bucket, then to the least loaded healthy
-    replica of that pool (a replica's `pool`).
-
-    The pool is drawn from a stable hash of the request id, so a request always draws the same pool and
-    over many requests each pool gets its share. A drawn pool with no healthy replica passes the request to
-    the bucket's other pools, largest share first, and then to the least loaded replica of the whole fleet,
-    as does a bucket the plan gives no shares.
-    """
-    name: ClassVar[str] = "bucket"
-
-    def __init__(self, plan: RoutingPlan) -> None:
-        self.plan = plan
-        # bucket -> (pools in a fixed order, their cumulative shares), so a draw is one bisect
-        self._draws: dict[tuple[int, int], tuple[tuple[str, ...], tuple[float, ...]]] = {}
-        for bucket, shares in plan.weights.items():
-            pools = tuple(sorted(shares))
-            self._draws[bucket] = pools, tuple(itertools.accumulate(shares[pool] for pool in pools))
-
-    def pools_for(self, request: RouteRequest) -> list[str]:
-        """The pools to try, in order: the drawn one, then the bucket's others by share; [] for a bucket
-        without shares."""
-        bucket = self.plan.buckets.index(request.prompt_tokens, request.max_tokens)
-        shares = self.plan.weights.get(bucket)
-        if not shares:
-            return []
-        pools, cumulative = self._draws[bucket]
-        point = (stable_hash("bucket", request.request_id) >> 11) / 2**53 * cumulative[-1]  # in [0, total)
-        drawn = pools[min(bisect.bisect_right(cumulative, point), len(pools) - 1)]
-        others = sorted((pool for pool in pools if pool != drawn and shares[pool] > 0),
-                        key=lambda pool: (-shares[pool], pool))
-        return [drawn, *others]
-
-    def choose(self, request: RouteRequest, snapshot: FleetSnapshot) -> str:
-        healthy = healthy_or_raise(snapshot)
-        for pool in self.pools_for(request):
-            members = [r for r in healthy if r.pool == pool]
-            if members:
-                return least_loaded_of(request, members).replica_id
-        return least_loaded_of(request, healthy).replica_id
 
 
 @dataclass(frozen=True)

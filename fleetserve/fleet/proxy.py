@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from fleetserve.fleet.policies import NoHealthyReplica
+from fleetserve.fleet.policy_basics import NoHealthyReplica
 from fleetserve.fleet.replicas import Replica, Ticket
 from fleetserve.fleet.request_info import RoutedCall
 from fleetserve.wire.errors import APIError, describe_error, error_body

@@ -19,6 +19,7 @@ fewest devices, so a tie never depends on the solver's search order.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,11 @@ Bucket = tuple[int, int]
 _TIE_COST_TOLERANCE = 1e-9
 # Fractions of a bucket below this are solver noise, not routing.
 _NEGLIGIBLE_SHARE = 1e-9
+
+
+def fleet_spec(devices: Mapping[str, int]) -> str:
+    """"A10G:3,A100-80GB:1": device counts in the form `--fleet` takes (types with none left out)."""
+    return ",".join(f"{name}:{count}" for name, count in devices.items() if count > 0)
 
 
 class Infeasible(ValueError):
@@ -91,8 +97,7 @@ class Assignment:
 
     @property
     def fleet_spec(self) -> str:
-        """"A10G:3,A100-80GB:1": the counts in the form `--fleet` takes."""
-        return ",".join(f"{name}:{count}" for name, count in self.devices.items())
+        return fleet_spec(self.devices)
 
 
 def solve_melange(plan: PlanInput) -> Assignment:

@@ -62,48 +62,45 @@ class BucketCapacity:
         self.hardware, self.perf, self.model_max_len = hardware, perf, model_max_len
         self.config, self.search = config, search
 
-    def attainment_at(self, sample: list[RequestSpec], unit_times: list[float], rate: float) -> float:
-        requests = [dataclasses.replace(spec, request_id=f"c{i}", arrival_s=time / rate)
-                    for i, (spec, time) in enumerate(zip(sample, unit_times))]
+    def replay(self, sample: list[RequestSpec], arrivals_s: list[float], slo: SLO | None = None) -> dict:
+        """The metrics module's summary of the sample replayed on one replica, arriving at these times."""
+        requests = [dataclasses.replace(spec, request_id=f"c{i}", arrival_s=time)
+                    for i, (spec, time) in enumerate(zip(sample, arrivals_s))]
         config = dataclasses.replace(self.config, max_queue=max(self.config.max_queue, len(requests)))
         run = simulate(Workload(requests, "capacity", "bucket sample"), [(self.hardware, 1)],
                        {self.hardware.name: self.perf}, LeastLoaded(), self.model_max_len, config,
                        SimOptions(record_token_times=False))
-        attainment = summarize(run.records, None, self.search.slo)["slo_attainment"]
-        return float(attainment or 0.0)
+        return summarize(run.records, None, slo)
+
+    def attainment_at(self, sample: list[RequestSpec], unit_times: list[float], rate: float) -> float:
+        summary = self.replay(sample, [time / rate for time in unit_times], self.search.slo)
+        return float(summary["slo_attainment"] or 0.0)
 
     def saturated_throughput(self, sample: list[RequestSpec]) -> float:
-        requests = [dataclasses.replace(spec, request_id=f"c{i}", arrival_s=0.0) for i, spec in enumerate(sample)]
-        config = dataclasses.replace(self.config, max_queue=max(self.config.max_queue, len(requests)))
-        run = simulate(Workload(requests, "capacity", "bucket sample"), [(self.hardware, 1)],
-                       {self.hardware.name: self.perf}, LeastLoaded(), self.model_max_len, config,
-                       SimOptions(record_token_times=False))
-        summary = summarize(run.records)
-        return float(summary["request_throughput"] or 0.0) if summary["completed"] == len(requests) else 0.0
+        summary = self.replay(sample, [0.0] * len(sample))
+        return float(summary["request_throughput"] or 0.0) if summary["completed"] == len(sample) else 0.0
+
+    def slowest_rate(self, sample: list[RequestSpec]) -> tuple[list[float], float]:
+        """(the unit-rate arrival pattern, the slowest rate the search tries: requests one by one, far below
+        saturation; 0 when the replica cannot serve the sample at all)."""
+        unit_times = arrival_times(len(sample), 1.0, "poisson", 1.0, np.random.default_rng(self.search.seed))
+        top = self.saturated_throughput(sample) if sample else 0.0
+        return unit_times, top / 2 ** self.search.iterations
 
     def attainment_alone(self, specs: Sequence[RequestSpec]) -> float:
         """SLO attainment with the requests arriving one by one (the slowest rate the search tries)."""
         sample = sample_of(specs, self.search.sample_requests)
-        top = self.saturated_throughput(sample) if sample else 0.0
-        if top <= 0:
-            return 0.0
-        unit_times = arrival_times(len(sample), 1.0, "poisson", 1.0, np.random.default_rng(self.search.seed))
-        return self.attainment_at(sample, unit_times, top / 2 ** self.search.iterations)
+        unit_times, low = self.slowest_rate(sample)
+        return self.attainment_at(sample, unit_times, low) if low > 0 else 0.0
 
     def capacity(self, specs: Sequence[RequestSpec]) -> float:
         """Requests per second one replica sustains for these requests at the target attainment (0: none)."""
         search = self.search
         sample = sample_of(specs, search.sample_requests)
-        if not sample:
+        unit_times, low = self.slowest_rate(sample)
+        if low <= 0 or self.attainment_at(sample, unit_times, low) < search.attainment:
             return 0.0
-        unit_times = arrival_times(len(sample), 1.0, "poisson", 1.0, np.random.default_rng(search.seed))
-        top = self.saturated_throughput(sample)
-        if top <= 0:
-            return 0.0
-        # One by one: the slowest rate worth asking about, far below saturation.
-        low, high = top / 2 ** search.iterations, top
-        if self.attainment_at(sample, unit_times, low) < search.attainment:
-            return 0.0
+        high = low * 2 ** search.iterations
         if self.attainment_at(sample, unit_times, high) >= search.attainment:
             return high
         for _ in range(search.iterations):

@@ -13,8 +13,9 @@ from typing import Any
 
 from fleetserve.bench.metrics import parse_slo
 from fleetserve.bench.serve import load_workload, shape_workload
+from fleetserve.commands.replica_arguments import replica_config
 from fleetserve.perf.hardware import Hardware, get_hardware
-from fleetserve.plan.assignment import Assignment, solve_melange, solve_split
+from fleetserve.plan.assignment import Assignment, fleet_spec, solve_melange, solve_split
 from fleetserve.plan.capacity import BucketCapacity, CapacitySearch, sample_of
 from fleetserve.plan.capacity_cache import CapacityCache, default_cache_path
 from fleetserve.plan.planner import (
@@ -28,7 +29,6 @@ from fleetserve.plan.planner import (
 )
 from fleetserve.plan.recheck import Recheck, recheck
 from fleetserve.plan.workload_buckets import bucket_members
-from fleetserve.sim.config import ReplicaConfig
 from fleetserve.sim.perf_setup import load_model_config, load_profiles, perf_models
 
 
@@ -75,8 +75,7 @@ def plan_from_args(args: argparse.Namespace, progress: Callable[[str], None] | N
         num_requests=args.num_requests, max_prompt_tokens=args.max_prompt_tokens,
         max_output_tokens=args.max_output_tokens, speedup=args.speedup, rate=args.rate, duration_s=args.duration,
         seed=args.seed)
-    config = ReplicaConfig(args.block_size, args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len,
-                           not args.no_prefix_caching, args.max_queue)
+    config = replica_config(args)
     context = min(args.max_model_len or model_config.max_position_embeddings, model_config.max_position_embeddings)
     too_long = [spec for spec in workload if spec.prompt_tokens + spec.output_tokens > context]
     if too_long:
@@ -107,7 +106,7 @@ def plan_from_args(args: argparse.Namespace, progress: Callable[[str], None] | N
                                      problem.perf, model_config.max_position_embeddings, config, slo,
                                      args.attainment, args.max_recheck_rounds, say, cache)
         cache.save()
-    return result_dict(args, problem, capacities, solutions, rechecks, model_name, left_out, cache)
+    return result_dict(problem, capacities, solutions, rechecks, model_name, left_out, cache)
 
 
 def check_servable(problem: PlanProblem, capacities: Capacities) -> None:
@@ -127,11 +126,7 @@ def check_servable(problem: PlanProblem, capacities: Capacities) -> None:
             f"attainment, add faster hardware, or cap prompt lengths (--max-prompt-tokens)")
 
 
-def fleet_spec(devices: dict[str, int]) -> str:
-    return ",".join(f"{name}:{count}" for name, count in devices.items() if count > 0)
-
-
-def result_dict(args: argparse.Namespace, problem: PlanProblem, capacities: Capacities,
+def result_dict(problem: PlanProblem, capacities: Capacities,
                 solutions: dict[str, Assignment | None], rechecks: dict[str, Recheck], model_name: str,
                 left_out: dict[str, str], cache: CapacityCache) -> dict[str, Any]:
     plan = solutions["split"]

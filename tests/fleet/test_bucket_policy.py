@@ -9,15 +9,15 @@ from collections import Counter
 import httpx
 import pytest
 
+from fleetserve.fleet.bucket_policy import BucketPolicy
 from fleetserve.fleet.policies import (
     ALL_POLICY_NAMES,
     POLICY_NAMES,
-    BucketPolicy,
-    NoHealthyReplica,
     PolicyOptions,
     available_policy_names,
     make_policy,
 )
+from fleetserve.fleet.policy_basics import NoHealthyReplica
 from fleetserve.fleet.replicas import Replica, parse_backend
 from fleetserve.fleet.routing_plan import Buckets, RoutingPlan
 from fleetserve.fleet.snapshot import FleetSnapshot, ReplicaState, RouteRequest

@@ -8,7 +8,6 @@ import pytest
 from fleetserve.fleet.policies import (
     POLICY_NAMES,
     LeastLoaded,
-    NoHealthyReplica,
     PolicyOptions,
     PrefixAware,
     RoundRobin,
@@ -18,6 +17,7 @@ from fleetserve.fleet.policies import (
     make_policy,
     ring_order,
 )
+from fleetserve.fleet.policy_basics import NoHealthyReplica
 from fleetserve.fleet.snapshot import FleetSnapshot, ReplicaState, RouteRequest
 
 

@@ -10,7 +10,7 @@ from test_sim_cli import LLAMA_8B
 
 from fleetserve.cli import main
 from fleetserve.commands.route import load_routing_plan, policy_options
-from fleetserve.fleet.policies import BucketPolicy
+from fleetserve.fleet.bucket_policy import BucketPolicy
 from fleetserve.fleet.routing_plan import Buckets, RoutingPlan
 from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
 from fleetserve.perf.hardware import parse_fleet_spec
