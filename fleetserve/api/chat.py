@@ -10,7 +10,15 @@ from jinja2.exceptions import TemplateError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from fleetserve.api.generation import ChoiceState, Job, collect, sampling_params, start_stream, usage_of
+from fleetserve.api.generation import (
+    ChoiceState,
+    Job,
+    collect,
+    sampling_params,
+    service_class_of,
+    start_stream,
+    usage_of,
+)
 from fleetserve.api.logprobs import chat_logprobs
 from fleetserve.api.protocol import AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse
 from fleetserve.api.sse import EventStreamResponse, RenderChoice, completion_events
@@ -50,7 +58,8 @@ async def create_chat_completion(state: ServerState, request: Request, body: Cha
     max_tokens = body.max_completion_tokens or body.max_tokens
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
-    jobs = [Job(i, 0, prompt_ids, sampling_params(body, max_tokens, logprobs, i), f"{response_id}-{i}")
+    service_class = service_class_of(request, body)
+    jobs = [Job(i, 0, prompt_ids, sampling_params(body, max_tokens, logprobs, i, service_class), f"{response_id}-{i}")
             for i in range(body.n)]
     if body.stream:
         first, stream = await start_stream(request, state, jobs)

@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from fleetserve.api.generation import ChoiceState, Job, collect, sampling_params, start_stream, usage_of
+from fleetserve.api.generation import (
+    ChoiceState,
+    Job,
+    collect,
+    sampling_params,
+    service_class_of,
+    start_stream,
+    usage_of,
+)
 from fleetserve.api.logprobs import completion_logprobs
 from fleetserve.api.protocol import CompletionChoice, CompletionRequest, CompletionResponse
 from fleetserve.api.sse import EventStreamResponse, RenderChoice, completion_events
@@ -64,10 +72,11 @@ async def create_completion(state: ServerState, request: Request, body: Completi
     prompts = await asyncio.to_thread(tokenize_prompts, state, split_prompts(body.prompt), body.echo)
     response_id = f"cmpl-{uuid.uuid4().hex}"
     jobs = []
+    service_class = service_class_of(request, body)
     for p, (ids, _) in enumerate(prompts):
         for i in range(body.n):
             choice = p * body.n + i
-            jobs.append(Job(choice, p, ids, sampling_params(body, body.max_tokens, body.logprobs, i),
+            jobs.append(Job(choice, p, ids, sampling_params(body, body.max_tokens, body.logprobs, i, service_class),
                             f"{response_id}-{choice}"))
     echoes = [echo for _, echo in prompts]
     if body.stream:

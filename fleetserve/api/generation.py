@@ -15,7 +15,7 @@ from starlette.requests import Request
 from fleetserve.api.errors import ClientDisconnected
 from fleetserve.api.protocol import PromptTokensDetails, Usage
 from fleetserve.engine.outputs import RequestOutput, TokenLogprob
-from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
+from fleetserve.engine.sampling_params import OFFLINE, ONLINE, SERVICE_CLASSES, InvalidRequestError, SamplingParams
 from fleetserve.wire.errors import APIError, bad_request, queue_full, unavailable
 
 if TYPE_CHECKING:
@@ -198,7 +198,25 @@ async def collect(request: Request, state: ServerState, jobs: list[Job]) -> list
     return choices
 
 
-def sampling_params(body: Any, max_tokens: int | None, logprobs: int | None, sample: int) -> SamplingParams:
+SERVICE_CLASS_HEADER = "x-service-class"
+
+
+def service_class_of(request: Request, body: Any) -> str:
+    """The request's service class: the body's `service_class`, else the x-service-class header, else offline
+    for OpenAI's `service_tier: flex`, else online."""
+    if body.service_class is not None:
+        return body.service_class
+    header = request.headers.get(SERVICE_CLASS_HEADER)
+    if header is not None:
+        if header.strip().lower() not in SERVICE_CLASSES:
+            raise bad_request(f"the {SERVICE_CLASS_HEADER} header must be one of {', '.join(SERVICE_CLASSES)}, "
+                              f"got {header!r}", SERVICE_CLASS_HEADER)
+        return header.strip().lower()
+    return OFFLINE if body.service_tier == "flex" else ONLINE
+
+
+def sampling_params(body: Any, max_tokens: int | None, logprobs: int | None, sample: int,
+                    service_class: str = ONLINE) -> SamplingParams:
     """One sample's SamplingParams; sample i of n gets seed+i so the n choices differ but repeat."""
     for name in ("presence_penalty", "frequency_penalty"):
         if getattr(body, name):
@@ -216,6 +234,7 @@ def sampling_params(body: Any, max_tokens: int | None, logprobs: int | None, sam
             top_k=-1 if body.top_k is None else body.top_k,
             seed=None if body.seed is None else body.seed + sample,
             max_tokens=max_tokens, min_tokens=body.min_tokens, stop=body.stop or [],
-            stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos, logprobs=logprobs)
+            stop_token_ids=body.stop_token_ids or [], ignore_eos=body.ignore_eos, logprobs=logprobs,
+            priority=body.priority, service_class=service_class)
     except InvalidRequestError as exc:
         raise bad_request(str(exc), exc.param) from exc

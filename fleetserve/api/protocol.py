@@ -39,6 +39,12 @@ class SamplingFields(OpenAIRequest):
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
     stop_token_ids: list[int] | None = None
+    priority: int = Field(0, strict=True, description="vLLM extension: lower runs first under the priority "
+                          "scheduling policy")
+    service_class: Literal["online", "offline"] | None = Field(
+        None, description="fleetserve extension: offline work fills the capacity online work leaves; also set by "
+        "the x-service-class header or service_tier=flex")
+    service_tier: str | None = Field(None, description="OpenAI's field: 'flex' runs the request as offline work")
     # Known to OpenAI clients but not supported here: refused when set to anything but their neutral value.
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)

@@ -33,7 +33,10 @@ class LLM:
         return self.tokenizer.encode_chat(messages)
 
     def generate(self, prompts: Prompt | Sequence[Prompt],
-                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[Completion]:
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 priority: Sequence[int] | None = None) -> list[Completion]:
+        """One completion per prompt. `priority` (vLLM's argument: one per prompt, lower first) overrides the
+        sampling params' priority; it matters under the engine's priority scheduling policy."""
         if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]
         prompts = list(prompts)
@@ -43,7 +46,14 @@ class LLM:
             params_list = list(sampling_params)
             if len(params_list) != len(prompts):
                 raise ValueError(f"got {len(prompts)} prompts but {len(params_list)} sampling params")
-        ids = [self.engine.add_request(p, _copy(sp)) for p, sp in zip(prompts, params_list)]
+        params_list = [_copy(sp) for sp in params_list]
+        if priority is not None:
+            if len(priority) != len(prompts):
+                raise ValueError(f"got {len(prompts)} prompts but {len(priority)} priorities")
+            for params, value in zip(params_list, priority):
+                params.priority = value
+                params.validate()
+        ids = [self.engine.add_request(p, sp) for p, sp in zip(prompts, params_list)]
         results: dict[str, Completion] = {}
         logprobs: dict[str, list[TokenLogprob]] = {i: [] for i in ids}
         while self.engine.has_unfinished_requests():

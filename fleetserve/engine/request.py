@@ -28,7 +28,6 @@ class Request:
     sampling_params: SamplingParams
     eos_token_ids: frozenset[int] = frozenset()
     arrival_time: float = 0.0
-    priority: int = 0
     output_token_ids: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_prompt_tokens: int = 0
@@ -40,9 +39,14 @@ class Request:
     # its length decides when it ends. Fixed at creation: the decode-run planner reads it for every running
     # request at every run.
     stops_only_at_length: bool = field(init=False)
+    # From the sampling params, read by the scheduler's queue order and victim choice at every step.
+    priority: int = field(init=False)
+    offline: bool = field(init=False)
 
     def __post_init__(self) -> None:
         params = self.sampling_params
+        self.priority = params.priority
+        self.offline = params.offline
         self.stops_only_at_length = not params.stop_token_ids and (params.ignore_eos or not self.eos_token_ids)
 
     @property

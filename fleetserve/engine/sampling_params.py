@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 GREEDY_TEMPERATURE = 1e-5
+ONLINE, OFFLINE = "online", "offline"
+SERVICE_CLASSES = (ONLINE, OFFLINE)
 
 
 class InvalidRequestError(ValueError):
@@ -27,6 +29,10 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     n: int = 1
+    # Scheduling, as vLLM's `priority`: lower runs first under the priority policy. An offline request fills
+    # the capacity online ones leave (fleetserve.engine.service_classes).
+    priority: int = 0
+    service_class: str = ONLINE
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -54,10 +60,20 @@ class SamplingParams:
             raise InvalidRequestError(f"n must be an integer >= 1, got {self.n!r}", "n")
         if self.seed is not None and not isinstance(self.seed, int):
             raise InvalidRequestError(f"seed must be an integer, got {self.seed!r}", "seed")
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise InvalidRequestError(f"priority must be an integer (lower runs first), got {self.priority!r}",
+                                      "priority")
+        if self.service_class not in SERVICE_CLASSES:
+            raise InvalidRequestError(f"service_class must be one of {', '.join(SERVICE_CLASSES)}, got "
+                                      f"{self.service_class!r}", "service_class")
         for token_id in self.stop_token_ids:
             if not isinstance(token_id, int) or token_id < 0:
                 raise InvalidRequestError(f"stop_token_ids must be non-negative integers, got {token_id!r}",
                                           "stop_token_ids")
+
+    @property
+    def offline(self) -> bool:
+        return self.service_class == OFFLINE
 
     @property
     def greedy(self) -> bool:
