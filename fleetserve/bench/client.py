@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from fleetserve.bench.metrics import RequestRecord
+from fleetserve.engine.sampling_params import ONLINE
 from fleetserve.wire.model_probe import ModelProbeError, probe_models
 from fleetserve.wire.paths import GENERATION_PATHS
 from fleetserve.wire.urls import InvalidServerURL, server_root
@@ -105,6 +106,11 @@ def request_body(spec: RequestSpec, model: str, options: ClientOptions) -> dict[
                             "stream": True, "stream_options": {"include_usage": True}}
     if options.ignore_eos:
         body["ignore_eos"] = True
+    # Sent only when set, so a server without these fields still takes a single-class workload.
+    if spec.priority != 0:
+        body["priority"] = spec.priority
+    if spec.service_class != ONLINE:
+        body["service_class"] = spec.service_class
     if options.endpoint == "chat":
         if spec.prompt is None:
             raise ValueError(f"request {spec.request_id!r} has no prompt text, which the chat endpoint needs; "
@@ -252,7 +258,8 @@ async def _issue(client: httpx.AsyncClient, endpoint_url: str, spec: RequestSpec
             progress.skipped()
             return None
         record = RequestRecord(spec.request_id, arrival_s=spec.arrival_s, sent_s=sent_s,
-                               prompt_tokens=spec.prompt_tokens)
+                               prompt_tokens=spec.prompt_tokens, service_class=spec.service_class,
+                               priority=spec.priority)
         progress.sent()
         await stream_request(client, endpoint_url, body, record, clock, options.timeout_s)
         progress.finished(record.success)

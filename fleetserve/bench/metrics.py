@@ -27,6 +27,12 @@ Only successful requests enter the latency statistics and the token counts. Perc
 - `slo`: the SLO as {ttft_ms, tpot_ms, e2e_ms} (None entries unset), or None when no SLO is given;
   `slo_met` (count of requests meeting it), `goodput` (per second) and `slo_attainment` (0..1),
   all None without an SLO.
+- `by_class`, only when some request is offline: {"online": ..., "offline": ...}, each the keys above
+  over that class's requests alone (the SLO applied to each; rates over the whole run's duration, so the
+  classes' throughputs add up to the total).
+- `by_priority`, only when requests differ in priority: the same per priority, keyed by the priority as a
+  string ("-1", "0"), in ascending order (first is the one that runs first).
+A run whose requests are all online at one priority has neither key.
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from fleetserve.engine.sampling_params import ONLINE, SERVICE_CLASSES
 
 STAT_NAMES = ("mean", "std", "min", "p50", "p90", "p95", "p99", "max")
 _PERCENTILES = {"p50": 50, "p90": 90, "p95": 95, "p99": 99}
@@ -57,6 +65,17 @@ class RequestRecord:
     success: bool = True
     error_kind: str | None = None
     error: str | None = None
+    service_class: str = ONLINE
+    priority: int = 0
+
+    def to_jsonable(self) -> dict[str, Any]:
+        """The record's fields, but the service class and priority while at their defaults, so the logs of
+        single-class runs keep their shape."""
+        data = dataclasses.asdict(self)
+        for name, default in (("service_class", ONLINE), ("priority", 0)):
+            if data[name] == default:
+                del data[name]
+        return data
 
 
 def ttft(record: RequestRecord) -> float | None:
@@ -161,9 +180,23 @@ def _span_s(records: list[RequestRecord]) -> float | None:
 def summarize(records: list[RequestRecord], duration_s: float | None = None, slo: SLO | None = None
               ) -> dict[str, Any]:
     """The benchmark summary; keys are listed in the module docstring."""
+    duration = duration_s if duration_s is not None else _span_s(records)
+    summary = _summary(records, duration, slo)
+    if any(record.service_class != ONLINE for record in records):
+        summary["by_class"] = {name: _summary([record for record in records if record.service_class == name],
+                                              duration, slo)
+                               for name in SERVICE_CLASSES}
+    priorities = sorted({record.priority for record in records})
+    if len(priorities) > 1:
+        summary["by_priority"] = {str(priority): _summary([record for record in records
+                                                           if record.priority == priority], duration, slo)
+                                  for priority in priorities}
+    return summary
+
+
+def _summary(records: list[RequestRecord], duration: float | None, slo: SLO | None) -> dict[str, Any]:
     completed = [record for record in records if record.success]
     failures = Counter(record.error_kind or "unknown" for record in records if not record.success)
-    duration = duration_s if duration_s is not None else _span_s(records)
     input_tokens = sum(record.prompt_tokens for record in completed)
     output_tokens = sum(record.output_tokens for record in completed)
 
@@ -198,7 +231,7 @@ def summarize(records: list[RequestRecord], duration_s: float | None = None, slo
 def records_to_jsonl(records: list[RequestRecord], path: str | Path) -> None:
     with Path(path).open("w", encoding="utf-8") as handle:
         for record in records:
-            handle.write(json.dumps(dataclasses.asdict(record)) + "\n")
+            handle.write(json.dumps(record.to_jsonable()) + "\n")
 
 
 def records_from_jsonl(path: str | Path) -> list[RequestRecord]:

@@ -61,7 +61,7 @@ class SimFleet:
         self.queue = WakeupQueue(len(replicas))
         self.clock = 0.0
         self.timeline = timeline
-        self._params: dict[int, SamplingParams] = {}
+        self._params: dict[tuple[int, int, str], SamplingParams] = {}
         self._uid = 0
 
     def run(self, arrivals: Iterable[Arrival] | Workload) -> list[RequestRecord]:
@@ -121,9 +121,12 @@ class SimFleet:
         block_size = self.block_size
         hashes, shared = request_block_hashes(spec, block_size, prompt + output, self._uid)
         self._uid += 1
-        params = self._params.get(output)
+        params_key = (output, spec.priority, spec.service_class)
+        params = self._params.get(params_key)
         if params is None:
-            params = self._params[output] = SamplingParams(temperature=0.0, max_tokens=output, ignore_eos=True)
+            params = self._params[params_key] = SamplingParams(
+                temperature=0.0, max_tokens=output, ignore_eos=True, priority=spec.priority,
+                service_class=spec.service_class)
         request = Request(spec.request_id, [0] * prompt, params, NO_EOS, now, block_hashes=hashes)
         route = RouteRequest(spec.request_id, prompt, output, tuple(hashes[:prompt // block_size]),
                              session_key=spec.session_id)
@@ -140,7 +143,8 @@ class SimFleet:
             self.timeline.routed_to(index)
         cached = self.view.cached_tokens.get(index, 0)
         ticket = replica.router.begin(max(prompt - cached, 0), output, now)
-        record = RequestRecord(spec.request_id, arrival.arrival_s, now, prompt_tokens=prompt)
+        record = RequestRecord(spec.request_id, arrival.arrival_s, now, prompt_tokens=prompt,
+                               service_class=spec.service_class, priority=spec.priority)
         wake = replica.submit(TrackedRequest(request, record, ticket), now)
         if wake is not None:
             self.queue.set(index, wake)

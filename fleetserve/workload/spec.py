@@ -8,6 +8,10 @@ tokens [i * B, (i + 1) * B), the last block possibly only in part. Two specs who
 their first k ids share their first k * B prompt tokens (or up to the shorter prompt). Prompt tokens past
 the last prefix block are unique to the request.
 
+A spec also carries how the request is served: `priority` (vLLM's meaning: lower runs first; default 0) and
+`service_class` ("online", latency-bound, the default; or "offline", filling the capacity online work
+leaves). `fleetserve.workload.classes` tags, mixes and merges workloads by class and priority.
+
 Every transformation returns a new `Workload` and appends a line to `transforms`, so a report can say
 exactly how a trace was scaled before it was replayed.
 """
@@ -15,9 +19,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from fleetserve.engine.sampling_params import ONLINE, SERVICE_CLASSES
+
+# Left out of a spec's JSON while at their defaults, so the logs of single-class runs keep their shape.
+_SERVICE_DEFAULTS: dict[str, Any] = {"priority": 0, "service_class": ONLINE}
 
 
 @dataclass
@@ -32,8 +42,16 @@ class RequestSpec:
     turn: int = 0
     prefix_ids: list[int] = field(default_factory=list)
     prefix_block_tokens: int = 0
+    priority: int = 0
+    service_class: str = ONLINE
 
     def __post_init__(self) -> None:
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise ValueError(f"request {self.request_id!r}: priority must be a whole number (lower runs first), "
+                             f"got {self.priority!r}")
+        if self.service_class not in SERVICE_CLASSES:
+            raise ValueError(f"request {self.request_id!r}: service_class must be one of {list(SERVICE_CLASSES)}, "
+                             f"got {self.service_class!r}")
         if self.prompt_tokens < 1:
             raise ValueError(f"request {self.request_id!r}: prompt_tokens must be >= 1, got {self.prompt_tokens}")
         if self.output_tokens < 1:
@@ -58,7 +76,11 @@ class RequestSpec:
                                    prompt_token_ids=None if prompt_changed else self.prompt_token_ids)
 
     def to_jsonable(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for name, default in _SERVICE_DEFAULTS.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     @classmethod
     def from_jsonable(cls, data: dict[str, Any]) -> RequestSpec:
@@ -160,7 +182,18 @@ class Workload:
             "mean_prompt_tokens": prompt_total / n if n else None,
             "mean_output_tokens": output_total / n if n else None,
             "sessions": len({spec.session_id for spec in self.requests if spec.session_id is not None}),
+            **self._service_counts(),
         }
+
+    def _service_counts(self) -> dict[str, Any]:
+        """{"service_classes": {class: count}, "priorities": {priority: count}}, or {} when every request is an
+        online one at priority 0 (so single-class descriptions keep their keys)."""
+        if all(spec.priority == 0 and spec.service_class == ONLINE for spec in self.requests):
+            return {}
+        classes = Counter(spec.service_class for spec in self.requests)
+        priorities = Counter(spec.priority for spec in self.requests)
+        return {"service_classes": {name: classes[name] for name in SERVICE_CLASSES if classes[name]},
+                "priorities": {str(priority): priorities[priority] for priority in sorted(priorities)}}
 
     def to_jsonable(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "transforms": list(self.transforms),

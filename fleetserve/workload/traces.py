@@ -12,6 +12,9 @@ Formats:
   replayed); the number skipped is recorded in the workload's `transforms`.
 
 Arrival times are seconds from the earliest request of the trace.
+
+Any of them may carry a request's service class and priority: CSV columns (or JSONL keys) `service_class`
+("online" or "offline") and `priority` (a whole number, lower runs first); an empty cell means the default.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
+from fleetserve.engine.sampling_params import SERVICE_CLASSES
 from fleetserve.workload.spec import RequestSpec, Workload
 
 MOONCAKE_BLOCK_TOKENS = 512
@@ -82,6 +86,31 @@ def _seconds(path: Path, line: int, column: str, text: str | None) -> float:
     return value
 
 
+def _service_fields(path: Path, line: int, source: dict[str, Any]) -> dict[str, Any]:
+    """The optional `service_class` and `priority` of one trace row, as RequestSpec keyword arguments."""
+    fields: dict[str, Any] = {}
+    service_class, priority = source.get("service_class"), source.get("priority")
+    if isinstance(service_class, str):
+        service_class = service_class.strip().lower()
+    if service_class not in (None, ""):
+        if service_class not in SERVICE_CLASSES:
+            raise TraceError(f"{path}:{line}: service_class {source.get('service_class')!r} is not one of "
+                             f"{list(SERVICE_CLASSES)}")
+        fields["service_class"] = service_class
+    if isinstance(priority, str):
+        priority = priority.strip()
+        try:
+            priority = int(priority) if priority else None
+        except ValueError:
+            raise TraceError(f"{path}:{line}: priority {source.get('priority')!r} is not a whole number "
+                             f"(lower runs first)") from None
+    if priority is not None:
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise TraceError(f"{path}:{line}: priority {priority!r} is not a whole number (lower runs first)")
+        fields["priority"] = priority
+    return fields
+
+
 def _azure_timestamp(path: Path, line: int, text: str) -> tuple[int, float]:
     """Whole epoch seconds and the fraction apart, because a float of epoch seconds cannot hold 7 digits."""
     whole, _, fraction = text.strip().partition(".")
@@ -103,16 +132,19 @@ def read_azure(path: str | Path) -> Workload:
     path = Path(path)
     stamps: list[tuple[int, float]] = []
     lengths: list[tuple[int, int]] = []
+    services: list[dict[str, Any]] = []
     for line, row in _csv_rows(path, "azure", AZURE_COLUMNS):
         stamps.append(_azure_timestamp(path, line, row["TIMESTAMP"]))
         lengths.append((_whole_number(path, line, "ContextTokens", row["ContextTokens"]),
                         _whole_number(path, line, "GeneratedTokens", row["GeneratedTokens"])))
+        services.append(_service_fields(path, line, row))
     if not stamps:
         raise TraceError(f"{path}: trace has no requests")
     first_whole, first_fraction = min(stamps)
     requests = [RequestSpec(f"azure-{index}", (whole - first_whole) + (fraction - first_fraction),
-                            max(prompt, 1), max(output, 1))
-                for index, ((whole, fraction), (prompt, output)) in enumerate(zip(stamps, lengths))]
+                            max(prompt, 1), max(output, 1), **service)
+                for index, ((whole, fraction), (prompt, output), service)
+                in enumerate(zip(stamps, lengths, services))]
     return _workload(path, requests)
 
 
@@ -146,14 +178,15 @@ def read_mooncake(path: str | Path, block_tokens: int = MOONCAKE_BLOCK_TOKENS) -
             f"mooncake-{index}", (arrival_ms - first_ms) / 1000.0,
             max(_whole_number(path, line, "input_length", str(record["input_length"])), 1),
             max(_whole_number(path, line, "output_length", str(record["output_length"])), 1),
-            prefix_ids=list(hash_ids), prefix_block_tokens=block_tokens if hash_ids else 0))
+            prefix_ids=list(hash_ids), prefix_block_tokens=block_tokens if hash_ids else 0,
+            **_service_fields(path, line, record)))
     return _workload(path, requests)
 
 
 def read_burstgpt(path: str | Path, model: str | None = None) -> Workload:
     """Read BurstGPT (either layout); `model` keeps only rows of that model (e.g. "ChatGPT", "GPT-4")."""
     path = Path(path)
-    rows: list[tuple[float, int, int, str | None]] = []
+    rows: list[tuple[float, int, int, str | None, dict[str, Any]]] = []
     skipped = 0
     for line, row in _csv_rows(path, "burstgpt", BURSTGPT_COLUMNS):
         if model is not None and (row.get("Model") or "").strip() != model:
@@ -164,19 +197,20 @@ def read_burstgpt(path: str | Path, model: str | None = None) -> Workload:
             skipped += 1
             continue
         session = (row.get("Session ID") or "").strip() or None
-        rows.append((_seconds(path, line, "Timestamp", row["Timestamp"]), prompt, output, session))
+        rows.append((_seconds(path, line, "Timestamp", row["Timestamp"]), prompt, output, session,
+                     _service_fields(path, line, row)))
     if not rows:
         raise TraceError(f"{path}: trace has no requests" + (f" for model {model!r}" if model else "")
                          + (f" ({skipped} rows with 0 tokens skipped)" if skipped else ""))
     first_s = min(arrival for arrival, *_ in rows)
     turns_so_far: dict[str, int] = {}
     requests = []
-    for index, (arrival, prompt, output, session) in enumerate(rows):
+    for index, (arrival, prompt, output, session, service) in enumerate(rows):
         turn = turns_so_far.get(session, 0) if session is not None else 0
         if session is not None:
             turns_so_far[session] = turn + 1
         requests.append(RequestSpec(f"burstgpt-{index}", arrival - first_s, prompt, output,
-                                    session_id=session, turn=turn))
+                                    session_id=session, turn=turn, **service))
     transforms = []
     if model is not None:
         transforms.append(f"only model {model!r}")
