@@ -1,4 +1,5 @@
-"""What a benchmark run looked like: a summary table, PNG plots, and runs compared side by side.
+"""What a benchmark run looked like: summary tables (split by service class and by priority when the run
+mixes them), PNG plots, and runs compared side by side.
 
 Plots (written with matplotlib's Agg canvas, without pyplot, so nothing global changes):
 - `latency_cdf.png`: the CDFs of TTFT, TPOT, ITL and E2E over completed requests.
@@ -18,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetserve.bench.metrics import RequestRecord, e2e, itl, tpot, ttft
+from fleetserve.engine.sampling_params import SERVICE_CLASSES
 
 LATENCY_KEYS = ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms")
 LATENCY_LABELS = {"ttft_ms": "TTFT", "tpot_ms": "TPOT", "itl_ms": "ITL", "e2e_ms": "E2E",
@@ -66,7 +68,38 @@ def summary_tables(summary: dict[str, Any], title: str = "benchmark") -> list[Ta
     for key in (*LATENCY_KEYS, "send_lag_ms"):
         stats = summary[key]
         latency.add_row(LATENCY_LABELS[key], *(_number(stats[column]) for column in columns))
-    return [overview, latency]
+    tables = [overview, latency]
+    for key, heading, label in (("by_class", "by service class", ""), ("by_priority", "by priority (lower runs first)",
+                                                                    "priority")):
+        if summary.get(key):
+            tables.append(breakdown_table(summary[key], heading, label))
+    return tables
+
+
+_BREAKDOWN_ROWS: tuple[tuple[str, str, str | None], ...] = (
+    ("requests sent", "num_requests", None), ("completed", "completed", None), ("failed", "failed", None),
+    ("request throughput (req/s)", "request_throughput", None),
+    ("output token throughput (tok/s)", "output_token_throughput", None),
+    ("TTFT p50 (ms)", "ttft_ms", "p50"), ("TTFT p99 (ms)", "ttft_ms", "p99"),
+    ("TPOT p50 (ms)", "tpot_ms", "p50"), ("TPOT p99 (ms)", "tpot_ms", "p99"),
+    ("E2E mean (ms)", "e2e_ms", "mean"), ("E2E p99 (ms)", "e2e_ms", "p99"),
+    ("goodput (req/s)", "goodput", None), ("SLO attainment", "slo_attainment", None),
+)
+
+
+def breakdown_table(groups: dict[str, dict[str, Any]], title: str, label: str) -> Table:
+    """A summary's `by_class` or `by_priority`: one column per group (a service class or a priority)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in groups:
+        table.add_column(f"{label} {name}".strip(), justify="right")
+    for heading, key, stat in _BREAKDOWN_ROWS:
+        if key in ("goodput", "slo_attainment") and all(group["slo"] is None for group in groups.values()):
+            continue
+        values = [group[key][stat] if stat else group[key] for group in groups.values()]
+        table.add_row(heading, *(f"{value:.1%}" if key == "slo_attainment" and value is not None else _number(value)
+                                 for value in values))
+    return table
 
 
 def print_summary(summary: dict[str, Any], title: str = "benchmark", console: Console | None = None) -> None:
@@ -241,9 +274,20 @@ def _lookup(result: dict[str, Any], key: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+# Compared per service class too when any run has a class breakdown.
+CLASS_COMPARE_KEYS: tuple[tuple[str, bool], ...] = (
+    ("request_throughput", True), ("output_token_throughput", True), ("ttft_ms.p99", False),
+    ("tpot_ms.p99", False), ("e2e_ms.mean", False), ("goodput", True), ("slo_attainment", True),
+)
+
+
 def comparison_rows(results: list[dict[str, Any]]) -> list[ComparisonRow]:
+    keys = list(COMPARE_KEYS)
+    classes = [name for name in SERVICE_CLASSES if any(name in (result.get("by_class") or {})
+                                                               for result in results)]
+    keys += [(f"by_class.{name}.{key}", higher) for name in classes for key, higher in CLASS_COMPARE_KEYS]
     rows = []
-    for key, higher_is_better in COMPARE_KEYS:
+    for key, higher_is_better in keys:
         values = [_lookup(result, key) for result in results]
         base = values[0] if values else None
         ratios = [value / base if value is not None and base not in (None, 0) else None for value in values]

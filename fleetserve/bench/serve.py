@@ -25,6 +25,7 @@ from rich.console import Console
 from fleetserve.bench.client import ClientOptions, replay, resolve_model_name
 from fleetserve.bench.metrics import SLO, RequestRecord, parse_slo, summarize
 from fleetserve.bench.report import compare, print_summary, write_plots
+from fleetserve.commands.service_class_arguments import apply_service_classes, service_class_config
 from fleetserve.workload.spec import Workload
 from fleetserve.workload.synthetic import arrival_times, parse_synthetic_spec, synthetic_workload
 from fleetserve.workload.traces import read_trace, synthesize_prompts
@@ -147,7 +148,7 @@ def write_request_log(records: list[RequestRecord], workload: Workload, path: st
     with Path(path).open("w", encoding="utf-8") as handle:
         for record in records:
             spec = specs[record.request_id].to_jsonable()
-            line = {**dataclasses.asdict(record),
+            line = {**record.to_jsonable(),
                     "spec": {key: value for key, value in spec.items() if key not in _LOG_OMITS}}
             handle.write(json.dumps(line) + "\n")
 
@@ -184,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         num_requests=args.num_requests, scale_lengths=args.scale_lengths,
         max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
         speedup=args.speedup, rate=args.rate, duration_s=args.duration, seed=args.seed)
+    workload = apply_service_classes(workload, args)
     model, served = asyncio.run(resolve_model_name(args.url, args.model))
     if args.model is not None and served and args.model not in served:
         print(f"warning: model {args.model!r} is not among those the server at {args.url} lists: {served}",
@@ -201,7 +203,8 @@ def run(args: argparse.Namespace) -> int:
               "duration_s": args.duration, "num_requests": args.num_requests,
               "ignore_eos": options.ignore_eos, "tokenizer": args.tokenizer, "seed": args.seed,
               "timeout_s": args.timeout, "started_at": started_at,
-              "requests_out": str(Path(args.requests_out).resolve()) if args.requests_out else None}
+              "requests_out": str(Path(args.requests_out).resolve()) if args.requests_out else None,
+              **service_class_config(args)}
     result = build_result(records, workload, config, slo)
 
     print_summary(result, title=args.label or workload.name, console=console)

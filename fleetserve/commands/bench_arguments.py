@@ -2,25 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
 
 from fleetserve.bench.client import ClientOptions
+from fleetserve.commands.argument_types import positive as _positive
+from fleetserve.commands.service_class_arguments import add_service_class_arguments
 from fleetserve.workload.traces import TRACE_KINDS
-
-
-def _positive(kind: Callable[[str], float | int], allow_inf: bool = False) -> Callable[[str], float | int]:
-    def parse(text: str) -> float | int:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
-        if not value > 0 or (math.isinf(value) and not allow_inf) or math.isnan(value):
-            raise argparse.ArgumentTypeError(f"must be a positive{'' if allow_inf else ' finite'} number, "
-                                             f"got {text!r}")
-        return value
-    parse.__name__ = f"positive {kind.__name__}"
-    return parse
 
 
 def add_bench_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -63,6 +49,7 @@ def add_bench_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, help="write latency CDF and timeline PNGs into this folder")
     p.add_argument("--label", default=None, help="name of this run in tables, plots and comparisons")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_service_class_arguments(p)
 
 
 def add_bench_compare_arguments(p: argparse.ArgumentParser) -> None:

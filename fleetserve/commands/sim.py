@@ -15,6 +15,12 @@ from fleetserve.commands.bench_arguments import _positive
 from fleetserve.commands.replica_arguments import add_replica_arguments
 from fleetserve.commands.replica_arguments import replica_config as replica_config_of
 from fleetserve.commands.route import add_policy_arguments, policy_options
+from fleetserve.commands.service_class_arguments import (
+    add_service_class_arguments,
+    apply_service_classes,
+    given_service_class_flags,
+    service_class_config,
+)
 from fleetserve.sim.config import PREFIX_VIEWS, SimOptions
 from fleetserve.workload.traces import TRACE_KINDS
 
@@ -55,6 +61,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-output-tokens", type=_positive(int), default=None, help="cap output lengths")
     p.add_argument("--seed", type=int, default=0, help="seed for synthetic workloads and --rate")
     p.add_argument("--slo", default=None, help="latency SLO in ms for goodput, e.g. ttft=500,tpot=50")
+    add_service_class_arguments(p)
     add_replica_arguments(p)
     p.add_argument("--no-skip", action="store_true", help="simulate every decode step (slower, same results)")
     p.add_argument("--prefix-view", choices=PREFIX_VIEWS, default=SimOptions.prefix_view,
@@ -89,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--requests goes with --validate")
     if args.validate is not None:
         given = [f"--{flag.replace('_', '-')}" for flag in _SHAPING_FLAGS if getattr(args, flag) is not None]
+        given += given_service_class_flags(args)
         if given:
             raise ValueError(f"{', '.join(given)} cannot be used with --validate: it replays the live run's "
                              f"requests at their send times")
@@ -118,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
             num_requests=args.num_requests, scale_lengths=args.scale_lengths,
             max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
             speedup=args.speedup, rate=args.rate, duration_s=args.duration, seed=args.seed)
+        workload = apply_service_classes(workload, args)
         arrivals = workload
 
     console.print(f"simulating {len(workload)} requests of {workload.name} on {args.fleet} "
@@ -134,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
                                                "max_queue": args.max_queue},
               "trace": args.trace, "trace_kind": args.trace_kind, "synthetic": args.synthetic,
               "validate": args.validate, "speedup": args.speedup, "rate": args.rate, "seed": args.seed,
-              "skip_decodes": not args.no_skip, "token_times": not args.no_token_times}
+              "skip_decodes": not args.no_skip, "token_times": not args.no_token_times,
+              **service_class_config(args)}
     result = sim_result(sim, workload, config, slo)
     title = args.label or f"{workload.name} on {args.fleet} (simulated)"
     print_summary(result, title=title, console=console)

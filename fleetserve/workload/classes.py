@@ -19,6 +19,7 @@ import numpy as np
 
 from fleetserve.engine.sampling_params import SERVICE_CLASSES
 from fleetserve.workload.spec import RequestSpec, Workload
+from fleetserve.workload.synthetic import arrival_times
 
 HIGH_PRIORITY = -1
 
@@ -63,12 +64,13 @@ def with_priority_fraction(workload: Workload, fraction: float, priority: int = 
     return workload._derived(requests, f"{count} requests ({fraction:.1%}, seed {seed}) at priority {priority}")
 
 
-def all_at(workload: Workload, arrival_s: float = 0.0) -> Workload:
-    """Every request arriving at `arrival_s`, in the workload's order: a batch submitted at once."""
-    if not math.isfinite(arrival_s) or arrival_s < 0:
-        raise ValueError(f"arrival time must be a finite number of seconds >= 0, got {arrival_s}")
-    requests = [dataclasses.replace(spec, arrival_s=arrival_s) for spec in workload]
-    return workload._derived(requests, f"every request arriving at {arrival_s:g} s")
+def arriving_at(workload: Workload, rate: float, seed: int = 0) -> Workload:
+    """The same requests in the same order as a Poisson process at `rate` requests/s from 0 s; `rate` inf
+    sends every one at 0 s, as a batch submitted at once."""
+    times = arrival_times(len(workload), rate, "poisson", 1.0, np.random.default_rng(seed))
+    requests = [dataclasses.replace(spec, arrival_s=time) for spec, time in zip(workload, times)]
+    said = "every request arriving at 0 s" if math.isinf(rate) else f"Poisson arrivals at {rate:g} req/s (seed {seed})"
+    return workload._derived(requests, said)
 
 
 def class_label(workload: Workload) -> str:
