@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fleetserve.commands.scheduling_arguments import add_scheduling_arguments, scheduling_policy
 from fleetserve.engine.config import EngineConfig
 
 
@@ -27,6 +28,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)
     parser.add_argument("--no-prefix-caching", action="store_true")
     parser.add_argument("--threads", type=int, default=EngineConfig.num_threads, help="torch CPU threads")
+    add_scheduling_arguments(parser)
 
 
 def engine_options(args: argparse.Namespace) -> dict:
@@ -35,4 +37,5 @@ def engine_options(args: argparse.Namespace) -> dict:
                 kv_cache_memory=args.kv_cache_memory, kv_cache_dtype=args.kv_cache_dtype,
                 weight_format=args.weight_format, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
                 max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
-                enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads)
+                enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
+                scheduling=scheduling_policy(args))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from fleetserve.commands.bench_arguments import _positive
+from fleetserve.commands.scheduling_arguments import add_scheduling_arguments, scheduling_policy
 from fleetserve.sim.config import ReplicaConfig
 
 _DEFAULTS = ReplicaConfig()
@@ -18,8 +19,9 @@ def add_replica_arguments(p: argparse.ArgumentParser) -> None:
     engine.add_argument("--no-prefix-caching", action="store_true")
     engine.add_argument("--max-queue", type=_positive(int), default=_DEFAULTS.max_queue,
                         help="waiting requests before 429")
+    add_scheduling_arguments(engine)
 
 
 def replica_config(args: argparse.Namespace) -> ReplicaConfig:
     return ReplicaConfig(args.block_size, args.max_num_seqs, args.max_num_batched_tokens, args.max_model_len,
-                         not args.no_prefix_caching, args.max_queue)
+                         not args.no_prefix_caching, args.max_queue, scheduling_policy(args))

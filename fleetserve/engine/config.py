@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from fleetserve.engine.scheduling_policy import SchedulingPolicy
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 1024, "M": 1e6, "MB": 1e6, "MIB": 1024**2,
@@ -38,6 +40,7 @@ class EngineConfig:
     record_kv_events: bool = False
     num_threads: int | None = None
     seed: int = 0
+    scheduling: SchedulingPolicy = field(default_factory=SchedulingPolicy)  # priorities and service classes
 
     def __post_init__(self) -> None:
         self.kv_cache_bytes = parse_size(self.kv_cache_memory)

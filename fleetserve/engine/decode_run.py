@@ -74,11 +74,11 @@ class DecodeRun:
 
 
 def plan_decode_run(running: list[Request], kv: KVCacheManager, budget: int, prefill_cap: int,
-                    max_model_len: int) -> DecodeRun | None:
+                    max_model_len: int, reserved_blocks: int = 0) -> DecodeRun | None:
     """The run the scheduler would step through from here, with nothing waiting; None when its next step
     would be of another kind (a decode left out of the budget, a request that is neither decoding nor the
     newest, or no KV block for the first step), or when a sampled token could end a request (its end is
-    then not known in advance)."""
+    then not known in advance). The run leaves `reserved_blocks` free blocks untouched."""
     if not running:
         return None
     newest = running[-1]
@@ -114,7 +114,7 @@ def plan_decode_run(running: list[Request], kv: KVCacheManager, budget: int, pre
         # Past its prompt it decodes with the others, if the budget has room for one more decode.
         decode_after = prefill.completes and decodes + 1 <= budget
         steps = min(steps, prefill.steps_left) if decode_after else len(prefill.chunks)
-    steps = _steps_that_fit(kv, computed, held, steps, prefill)
+    steps = _steps_that_fit(kv.num_free_blocks - reserved_blocks, kv.block_size, computed, held, steps, prefill)
     if steps == 0:
         return None
     return DecodeRun(decoding, steps_left, steps, context + decodes, prefill)
@@ -136,12 +136,10 @@ def _trailing_prefill(request: Request, left: int, room: int, cap: int, max_step
     return TrailingPrefill(request, request.num_computed_tokens, chunks, completes, steps_left)
 
 
-def _steps_that_fit(kv: KVCacheManager, computed: list[int], held: list[int], steps: int,
+def _steps_that_fit(free: int, block_size: int, computed: list[int], held: list[int], steps: int,
                     prefill: TrailingPrefill | None) -> int:
-    """The most steps (up to `steps`) whose new KV blocks the free blocks cover. `held` has the blocks of
+    """The most steps (up to `steps`) whose new KV blocks `free` blocks cover. `held` has the blocks of
     each decoding request, in order, then the prefilling one's."""
-    free = kv.num_free_blocks
-    block_size = kv.block_size
     prefill_held = held[-1] if prefill is not None else 0
 
     def needed(count: int) -> int:

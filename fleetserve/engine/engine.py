@@ -96,7 +96,7 @@ class LLMEngine:
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching,
                                        config.record_kv_events)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
-                                                   self.max_model_len), self.kv_cache)
+                                                   self.max_model_len, policy=config.scheduling), self.kv_cache)
         self.runner = ModelRunner(model, num_blocks, config.block_size, config.seed, self.kv_cache_dtype,
                                   cache_root(config.cache_dir))
         eos = set(self.model_config.eos_token_ids)

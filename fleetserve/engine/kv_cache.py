@@ -140,6 +140,13 @@ class KVCacheManager:
                      computed_blocks: Sequence[KVBlock] = ()) -> bool:
         return self._num_new_blocks(request, num_new_tokens, computed_blocks) <= self._allocatable(computed_blocks)
 
+    def free_blocks_taken(self, request: Request, num_new_tokens: int,
+                          computed_blocks: Sequence[KVBlock] = ()) -> int:
+        """How many free blocks `allocate_slots` with these arguments would take: new ones, and prefix hits
+        that sit free in the cache."""
+        return (self._num_new_blocks(request, num_new_tokens, computed_blocks)
+                + sum(1 for b in computed_blocks if b.ref_count == 0))
+
     def _num_new_blocks(self, request: Request, num_new_tokens: int, computed_blocks: Sequence[KVBlock]) -> int:
         have = len(self._tables.get(request.request_id, ())) + len(computed_blocks)
         total = request.num_computed_tokens + len(computed_blocks) * self.block_size + num_new_tokens

@@ -4,10 +4,14 @@ Each request has a count of computed tokens that catches up with its token count
 prefill and decode phases. Running requests are served first, oldest first; when blocks run out the
 newest running request is preempted (its blocks freed, to be recomputed later) and goes back to the front
 of the queue, so the oldest requests always progress and none starves. Plain Python, no torch, no clock.
+
+Who goes first is the scheduling policy's (fleetserve.engine.scheduling_policy): FCFS or priority, and the
+online and offline service classes. The running list keeps online requests before offline ones, so a step
+serves the running online requests, then admits waiting online ones, then gives the offline ones what the
+policy leaves; the newest offline request is preempted first.
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -15,6 +19,8 @@ from fleetserve.engine.admission import RequestRefused, kv_cache_refusal
 from fleetserve.engine.decode_run import DecodeRun, advance_decode_run, plan_decode_run
 from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import Request, RequestStatus
+from fleetserve.engine.scheduling_policy import SchedulingPolicy
+from fleetserve.engine.waiting_queue import WaitingQueue
 
 
 @dataclass
@@ -23,6 +29,7 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 512
     max_model_len: int = 2048
     long_prefill_token_threshold: int = 0
+    policy: SchedulingPolicy = field(default_factory=SchedulingPolicy)
 
 
 @dataclass(slots=True)
@@ -52,10 +59,13 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
         self.config = config
         self.kv_cache = kv_cache
-        self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        self.policy = config.policy
+        self.waiting = WaitingQueue(config.policy)
+        self.running: list[Request] = []  # online requests first, then offline ones; each part in admission order
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        self.num_offline = 0  # offline requests waiting or running
+        self.offline_kv_reserve = config.policy.offline_kv_reserve(kv_cache.num_blocks)
 
     @property
     def num_unfinished(self) -> int:
@@ -74,21 +84,31 @@ class Scheduler:
         if refusal is not None:
             raise RequestRefused(refusal)
         request.status = RequestStatus.WAITING
-        self.waiting.append(request)
+        self.waiting.add(request)
         self.requests[request.request_id] = request
+        if request.offline:
+            self.num_offline += 1
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         scheduled = out.scheduled
-        budget = self.config.max_num_batched_tokens
-        cap = self.config.long_prefill_token_threshold
+        config = self.config
+        total = config.max_num_batched_tokens
+        budget = total
+        cap = config.long_prefill_token_threshold
         allocate_slots = self.kv_cache.allocate_slots
         running = self.running
+        waiting = self.waiting
+        if waiting and (self.num_offline or self.policy.by_priority):
+            self._preempt_for_waiting(out)
 
         # Plain locals and inlined arithmetic: the simulator runs this loop for every step of 64 replicas.
+        stalled = False  # a running request could not get its blocks: nothing more is started this step
         i = 0
         while i < len(running) and budget > 0:
             request = running[i]
+            if request.offline:
+                break
             computed = request.num_computed_tokens
             num_new = len(request.prompt_token_ids) + len(request.output_token_ids) - computed
             if num_new > budget:
@@ -99,11 +119,16 @@ class Scheduler:
                 i += 1
                 continue
             while not allocate_slots(request, num_new):
-                victim = running.pop()
+                victim_index = self._victim_index()
+                victim = running.pop(victim_index)
                 self._preempt(victim)
                 out.preempted.append(victim)
                 if victim is request:
+                    stalled = True
                     break
+                if victim_index < i:
+                    budget += _unschedule(scheduled, victim)
+                    i -= 1
             else:
                 scheduled.append(ScheduledRequest(request, num_new, computed))
                 budget -= num_new
@@ -111,31 +136,124 @@ class Scheduler:
                 continue
             break
 
-        if not out.preempted:
-            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-                admitted = self.admit_next_waiting(budget)
+        if not stalled:
+            while waiting.num_online and budget > 0 and len(running) < config.max_num_seqs:
+                admitted = self.admit_next_waiting(budget, i)
                 if admitted is None:
                     break
                 scheduled.append(admitted)
                 budget -= admitted.num_tokens
+                i += 1
+            if self.num_offline and budget > 0:
+                online_present = i > 0 or waiting.num_online > 0
+                room = min(budget, self.policy.offline_token_room(total, total - budget, online_present))
+                budget -= room - self._schedule_offline(out, i, room)
 
-        out.num_batched_tokens = self.config.max_num_batched_tokens - budget
+        out.num_batched_tokens = total - budget
         return out
 
-    def admit_next_waiting(self, budget: int) -> ScheduledRequest | None:
-        """Move the first waiting request to the end of the running list with its first chunk (at most `budget`
-        tokens, after its cached prefix); None, with the request left waiting, when its blocks do not fit."""
-        request = self.waiting[0]
+    def _schedule_offline(self, out: SchedulerOutput, first: int, room: int) -> int:
+        """Serve the running offline requests (from index `first`), then admit waiting offline ones, within
+        `room` tokens and the blocks the online reserve leaves; returns the tokens left."""
+        scheduled = out.scheduled
+        running = self.running
+        cap = self.config.long_prefill_token_threshold
+        i = first
+        while i < len(running) and room > 0:
+            request = running[i]
+            computed = request.num_computed_tokens
+            num_new = min(request.num_tokens - computed, room)
+            if 0 < cap < num_new:
+                num_new = cap
+            if num_new <= 0:
+                i += 1
+                continue
+            while not self._allocate_offline(request, num_new):
+                victim_index = self._victim_index()
+                victim = running.pop(victim_index)
+                self._preempt(victim)
+                out.preempted.append(victim)
+                if victim is request:
+                    return room
+                if victim_index < i:
+                    room += _unschedule(scheduled, victim)
+                    i -= 1
+            scheduled.append(ScheduledRequest(request, num_new, computed))
+            room -= num_new
+            i += 1
+        while self.waiting and not self.waiting.num_online and room > 0 and len(running) < self.config.max_num_seqs:
+            admitted = self.admit_next_waiting(room, len(running))
+            if admitted is None:
+                break
+            scheduled.append(admitted)
+            room -= admitted.num_tokens
+        return room
+
+    def _allocate_offline(self, request: Request, num_new: int, computed_blocks: list | None = None) -> bool:
+        kv = self.kv_cache
+        taken = kv.free_blocks_taken(request, num_new, computed_blocks or ())
+        if kv.num_free_blocks - taken < self.offline_kv_reserve:
+            return False
+        return kv.allocate_slots(request, num_new, computed_blocks or ())
+
+    def _victim_index(self) -> int:
+        """Where the running request to preempt first is: the newest of the offline ones if any run, else of
+        all; under the priority policy, the one of those with the largest (priority, arrival)."""
+        running = self.running
+        last = len(running) - 1
+        if not self.policy.by_priority:
+            return last
+        offline = running[last].offline
+        best, best_key = last, (running[last].priority, running[last].arrival_time)
+        for index in range(last - 1, -1, -1):
+            request = running[index]
+            if request.offline != offline:
+                break
+            key = (request.priority, request.arrival_time)
+            if key > best_key:
+                best, best_key = index, key
+        return best
+
+    def _preempt_for_waiting(self, out: SchedulerOutput) -> None:
+        """Make room for the first waiting request when it cannot be admitted (no free sequence slot, or not
+        the blocks for a first chunk) and it outranks a running request: that one is preempted."""
+        running, kv, policy = self.running, self.kv_cache, self.policy
+        first_chunk = self.config.max_num_batched_tokens
+        while running:
+            candidate = self.waiting.first()
+            reserve = self.offline_kv_reserve if candidate.offline else 0
+            if (len(running) < self.config.max_num_seqs
+                    and kv.blocks_needed(min(candidate.num_tokens, first_chunk)) + reserve <= kv.num_free_blocks):
+                return
+            victim_index = self._victim_index()
+            victim = running[victim_index]
+            if not policy.outranks(candidate, victim):
+                return
+            del running[victim_index]
+            self._preempt(victim)
+            out.preempted.append(victim)
+
+    def admit_next_waiting(self, budget: int, position: int | None = None) -> ScheduledRequest | None:
+        """Move the first waiting request into the running list (at `position`, by default the end) with its
+        first chunk (at most `budget` tokens, after its cached prefix); None, with the request left waiting,
+        when its blocks do not fit (for an offline request: without using the online reserve)."""
+        request = self.waiting.first()
         computed_blocks, num_cached = self.kv_cache.get_computed_blocks(request)
         num_new = self._cap_prefill(min(request.num_tokens - num_cached, budget))
-        if not self.kv_cache.allocate_slots(request, num_new, computed_blocks):
+        if request.offline:
+            if not self._allocate_offline(request, num_new, computed_blocks):
+                return None
+        elif not self.kv_cache.allocate_slots(request, num_new, computed_blocks):
             return None
-        self.waiting.popleft()
+        self.waiting.pop_first()
         request.num_computed_tokens = num_cached
         if request.num_output_tokens == 0:
             request.num_cached_prompt_tokens = num_cached
         request.status = RequestStatus.RUNNING
-        self.running.append(request)
+        if position is None or position >= len(self.running):
+            self.running.append(request)
+        else:
+            self.running.insert(position, request)
         return ScheduledRequest(request, num_new, num_cached)
 
     def begin_decode_run(self) -> DecodeRun | None:
@@ -143,10 +261,24 @@ class Scheduler:
         must be built by `schedule`. With one request to admit, the run opens with the step that admits it,
         begun here as `schedule` begins it, when that step is simple enough (see `_begin_admission_step`)."""
         config = self.config
-        if self.waiting and len(self.running) < config.max_num_seqs and not self._begin_admission_step():
-            return None
-        return plan_decode_run(self.running, self.kv_cache, config.max_num_batched_tokens,
-                               config.long_prefill_token_threshold, config.max_model_len)
+        running = self.running
+        if self.waiting:
+            if self.num_offline:
+                return None
+            if len(running) < config.max_num_seqs:
+                if not self._begin_admission_step():
+                    return None
+            elif self.policy.by_priority and self.policy.outranks(self.waiting.first(), running[self._victim_index()]):
+                return None
+        budget, reserved = config.max_num_batched_tokens, 0
+        if self.num_offline and running:
+            # Every online request decodes in a run (offline ones, if any, are at the end of the list), so a
+            # step's online tokens are their count, and the offline ones get the policy's room beside them.
+            online = sum(1 for request in running if not request.offline)
+            budget = min(budget, online + self.policy.offline_token_room(budget, online, online > 0))
+            reserved = self.offline_kv_reserve
+        return plan_decode_run(running, self.kv_cache, budget, config.long_prefill_token_threshold,
+                               config.max_model_len, reserved)
 
     def apply_decode_run(self, run: DecodeRun, steps: int) -> list[Request]:
         """Advance every request of `run` over its first `steps` steps (at most `run.steps`, none of them
@@ -179,12 +311,12 @@ class Scheduler:
             if (done + block_size) // block_size > held:
                 crossing.append(request)
         # The admission needs at most a block per token of the request (fewer with a prefix hit).
-        if len(crossing) + kv.blocks_needed(waiting[0].num_tokens) > kv.num_free_blocks:
+        if len(crossing) + kv.blocks_needed(waiting.first().num_tokens) > kv.num_free_blocks:
             return False
         for request in crossing:
             kv.allocate_slots(request, 1)
         if self.admit_next_waiting(budget - decodes) is None:
-            raise AssertionError(f"request {waiting[0].request_id} was not admitted though its blocks fit")
+            raise AssertionError(f"request {waiting.first().request_id} was not admitted though its blocks fit")
         return True
 
     def _cap_prefill(self, num_new: int) -> int:
@@ -197,7 +329,7 @@ class Scheduler:
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         self.num_preemptions += 1
-        self.waiting.appendleft(request)
+        self.waiting.put_back(request)
 
     def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
         """Advance computed-token counts, append sampled tokens, and finish requests; returns the finished."""
@@ -240,15 +372,24 @@ class Scheduler:
     def _remove(self, request: Request) -> None:
         # By identity: Request is a dataclass, so `in` and `remove` would compare every field of every
         # other request; ids are unique here, so identity and equality agree.
-        if not _remove_identical(self.running, request):
-            _remove_identical(self.waiting, request)
+        if (_remove_identical(self.running, request) or self.waiting.remove(request)) and request.offline:
+            self.num_offline -= 1
         self.kv_cache.free(request)
         self.requests.pop(request.request_id, None)
 
 
-def _remove_identical(requests: list[Request] | deque[Request], request: Request) -> bool:
+def _remove_identical(requests: list[Request], request: Request) -> bool:
     for index, other in enumerate(requests):
         if other is request:
             del requests[index]
             return True
     return False
+
+
+def _unschedule(scheduled: list[ScheduledRequest], request: Request) -> int:
+    """Take a preempted request's entry out of the step being built; returns the tokens it had."""
+    for index, item in enumerate(scheduled):
+        if item.request is request:
+            del scheduled[index]
+            return item.num_tokens
+    return 0

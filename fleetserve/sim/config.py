@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.scheduler import SchedulerConfig
+from fleetserve.engine.scheduling_policy import SchedulingPolicy
 
 _ENGINE_DEFAULTS = EngineConfig()
 DEFAULT_MAX_QUEUE = _ENGINE_DEFAULTS.max_queue  # `fleetserve serve --max-queue`
@@ -22,6 +23,7 @@ class ReplicaConfig:
     max_model_len: int | None = None  # None: the model's max_position_embeddings, as in the engine
     enable_prefix_caching: bool = _ENGINE_DEFAULTS.enable_prefix_caching
     max_queue: int = DEFAULT_MAX_QUEUE  # waiting requests beyond which a replica answers 429
+    scheduling: SchedulingPolicy = _ENGINE_DEFAULTS.scheduling  # priorities and service classes
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_queue"):
@@ -32,7 +34,7 @@ class ReplicaConfig:
 
     def scheduler_config(self, model_max_len: int) -> SchedulerConfig:
         max_len = min(self.max_model_len or model_max_len, model_max_len)
-        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_len)
+        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_len, policy=self.scheduling)
 
 
 PREFIX_VIEWS = ("events", "perfect")
