@@ -1,4 +1,4 @@
-"""One entry point: fleetserve generate | serve | route | bench offline | bench serve | bench compare | sim |
+"""One entry point: fleetserve generate | serve | batch | route | bench offline | bench serve | bench compare | sim |
 plan | profile.
 
 Each command names the function that adds its flags and the one that runs it, as "module:function"
@@ -27,6 +27,8 @@ COMMANDS = (
             "fleetserve.commands.generate:add_generate_arguments", "fleetserve.commands.generate:run"),
     Command("serve", "the OpenAI-compatible HTTP server over one engine (--replicas N: N engines behind a router)",
             "fleetserve.commands.serve:add_arguments", "fleetserve.commands.serve:run"),
+    Command("batch", "run an OpenAI batch file (JSONL) through an engine in this process, as vllm run-batch",
+            "fleetserve.commands.batch:add_batch_arguments", "fleetserve.commands.batch:run"),
     Command("route", "one OpenAI-compatible endpoint in front of many replicas (ours or any OpenAI-compatible "
             "engine)", "fleetserve.commands.route:add_route_arguments", "fleetserve.commands.route:run"),
     Command("bench offline", "offline throughput on random prompts, optionally against a peer in the same run",

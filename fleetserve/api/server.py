@@ -13,7 +13,7 @@ import asyncio
 import logging
 import signal
 import time
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from importlib.metadata import PackageNotFoundError, version
 from types import FrameType
 from typing import AsyncIterator
@@ -23,6 +23,8 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from fleetserve.api import chat, completions, kv_events
+from fleetserve.api.batch_api import BatchAPI
+from fleetserve.api.batch_config import BatchOptions
 from fleetserve.api.errors import install_error_handlers
 from fleetserve.api.metrics import CONTENT_TYPE
 from fleetserve.api.middleware import Admission, BodySizeLimit
@@ -52,12 +54,16 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def create_app(state: ServerState) -> FastAPI:
+def create_app(state: ServerState, batches: BatchOptions | None = None) -> FastAPI:
+    """The server's app; with `batches`, also the Batch API (its routes, and its runner in the lifespan)."""
+    batch_api = BatchAPI(batches, state.engine_config.cache_dir) if batches is not None else None
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.start_loading()
         try:
-            yield
+            async with batch_api.running(app) if batch_api is not None else nullcontext():
+                yield
         finally:
             await state.shutdown_engine(0 if state.draining else state.options.shutdown_timeout_s)
 
@@ -67,6 +73,8 @@ def create_app(state: ServerState) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, state=state)
     app.add_middleware(Admission, state=state)  # outermost: added last
+    if batch_api is not None:
+        app.include_router(batch_api.router)
 
     @app.post(paths.CHAT_COMPLETIONS, responses={200: {"model": ChatCompletionResponse}, **_ERRORS})
     async def create_chat_completion(request: Request, body: ChatCompletionRequest) -> Response:
@@ -168,11 +176,12 @@ def configure_logging(level: str) -> None:
     fleet_logger.setLevel(level.upper())
 
 
-def run_server(state: ServerState) -> int:
+def run_server(state: ServerState, batches: BatchOptions | None = None) -> int:
     options = state.options
     configure_logging(options.log_level)
-    config = uvicorn.Config(create_app(state), host=options.host, port=options.port, log_level=options.log_level,
-                            access_log=options.access_log, timeout_graceful_shutdown=5, lifespan="on")
+    config = uvicorn.Config(create_app(state, batches), host=options.host, port=options.port,
+                            log_level=options.log_level, access_log=options.access_log, timeout_graceful_shutdown=5,
+                            lifespan="on")
     server = DrainingServer(config, state)
 
     def loaded() -> None:

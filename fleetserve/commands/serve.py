@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from fleetserve.commands.engine_arguments import add_engine_arguments, engine_options
-from fleetserve.commands.serve_arguments import add_serve_arguments, server_options
+from fleetserve.commands.serve_arguments import add_serve_arguments, batch_options, server_options
 from fleetserve.commands.serve_fleet import add_fleet_arguments
 
 
@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from fleetserve.api.state import ServerState
     from fleetserve.engine.config import EngineConfig
 
-    return run_server(ServerState(server_options(args), EngineConfig(**engine_options(args))))
+    return run_server(ServerState(server_options(args), EngineConfig(**engine_options(args))), batch_options(args))
 
 
 def main(argv: list[str] | None = None) -> int:
