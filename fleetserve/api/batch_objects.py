@@ -3,7 +3,7 @@ POST /v1/batches."""
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -56,4 +56,3 @@ def deleted_file(file_id: str) -> dict:
     return {"id": file_id, "object": "file", "deleted": True}
 
 
-FilePurpose = Literal["batch"]
