@@ -56,6 +56,9 @@ def assert_still_serving(http: httpx.Client) -> None:
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "presence_penalty": 1}, "presence_penalty"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stop": 7}, "stop"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "priority": "high"}, "priority"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "priority": 1.5}, "priority"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "service_class": "batch"}, "service_class"),
 ])
 def test_invalid_chat_fields_are_400_naming_the_field(http, body, param):
     assert_error(http.post(CHAT, json=body), 400, param)
@@ -72,9 +75,19 @@ def test_invalid_chat_fields_are_400_naming_the_field(http, body, param):
     ({"model": MODEL, "prompt": "hi", "logprobs": 21}, "logprobs"),
     ({"model": MODEL, "prompt": "hi", "echo": True, "logprobs": 1}, "echo"),
     ({"model": MODEL, "prompt": "hi", "suffix": "end"}, "suffix"),
+    ({"model": MODEL, "prompt": "hi", "priority": "1"}, "priority"),
 ])
 def test_invalid_completion_fields_are_400_naming_the_field(http, body, param):
     assert_error(http.post(COMPLETIONS, json=body), 400, param)
+    assert_still_serving(http)
+
+
+def test_priority_and_service_class_are_served_and_a_bad_class_header_is_400(http):
+    body = {"model": MODEL, "prompt": "Hello", "max_tokens": 2, "priority": -3}
+    assert http.post(COMPLETIONS, json={**body, "service_class": "offline"}).status_code == 200
+    assert http.post(COMPLETIONS, json=body, headers={"x-service-class": "offline"}).status_code == 200
+    assert http.post(COMPLETIONS, json={**body, "service_tier": "flex"}).status_code == 200
+    assert_error(http.post(COMPLETIONS, json=body, headers={"x-service-class": "later"}), 400, "x-service-class")
     assert_still_serving(http)
 
 

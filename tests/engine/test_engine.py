@@ -67,6 +67,29 @@ def test_preemption_gives_the_same_tokens(chat_prompts, plain_run):
     assert tiny.engine.kv_cache.num_free_blocks == tiny.engine.kv_cache.num_blocks
 
 
+@pytest.mark.slow
+def test_priority_preemption_gives_the_same_tokens_and_spares_the_urgent(chat_prompts, plain_run):
+    from fleetserve.engine.scheduling_policy import SchedulingPolicy
+    longest = max(len(p) for p in chat_prompts) + 32
+    block_bytes = 16 * 2 * 30 * 3 * 64 * 4
+    tiny = LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory=block_bytes * (-(-longest // 16) + 2),
+               enable_prefix_caching=False, scheduling=SchedulingPolicy("priority"))
+    priorities = [1] * len(chat_prompts)
+    priorities[-1] = -1  # the newest is urgent: under FCFS it would be the first victim
+    preempted: list[str] = []
+    scheduler = tiny.engine.scheduler
+    original_preempt = scheduler._preempt
+
+    def recording_preempt(request):
+        preempted.append(request.sampling_params.priority)
+        original_preempt(request)
+
+    scheduler._preempt = recording_preempt  # observe the victims, nothing else changes
+    results = tiny.generate(chat_prompts, GREEDY_32, priority=priorities)
+    assert preempted and -1 not in preempted
+    assert [r.token_ids for r in results] == plain_run
+
+
 def test_seeded_sampling_is_reproducible_and_independent_of_the_batch(llm, chat_prompts):
     params = SamplingParams(temperature=0.9, top_p=0.9, top_k=50, seed=1234, max_tokens=24, ignore_eos=True)
     alone = llm.generate([chat_prompts[1]], params)[0].token_ids
