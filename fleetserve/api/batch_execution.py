@@ -14,9 +14,8 @@ import httpx
 
 from fleetserve.api.batch_results import error_line, failed_response_line, output_line
 from fleetserve.api.batch_store import new_id
-from fleetserve.api.generation import SERVICE_CLASS_HEADER
-from fleetserve.engine.sampling_params import OFFLINE
 from fleetserve.wire.errors import describe_error
+from fleetserve.wire.service_class import OFFLINE, SERVICE_CLASS_HEADER
 
 logger = logging.getLogger("fleetserve.api")
 

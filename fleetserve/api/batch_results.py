@@ -15,7 +15,7 @@ def output_line(custom_id: str | None, status_code: int, request_id: str, body: 
 
 def failed_response_line(custom_id: str | None, status_code: int, request_id: str, body: Any) -> dict:
     """A request the endpoint refused: its response as the endpoint sent it, and its error lifted out."""
-    error = body.get("error") if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
+    error: dict = body["error"] if isinstance(body, dict) and isinstance(body.get("error"), dict) else {}
     code = error.get("code")
     line = output_line(custom_id, status_code, request_id, body)
     line["error"] = {"code": str(code) if code is not None else str(status_code),

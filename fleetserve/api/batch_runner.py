@@ -21,7 +21,7 @@ import httpx
 
 from fleetserve.api.batch_config import BatchOptions
 from fleetserve.api.batch_execution import in_process_client, run_lines
-from fleetserve.api.batch_input import parse_input, unknown_models
+from fleetserve.api.batch_input import InputLine, parse_input, unknown_models
 from fleetserve.api.batch_objects import batch_errors, validation_error
 from fleetserve.api.batch_results import error_line
 from fleetserve.api.batch_store import BatchStore
@@ -63,12 +63,17 @@ class BatchRunner:
                     if batch_id not in self.tasks:
                         task = asyncio.create_task(self._drive(client, batch_id), name=f"batch {batch_id}")
                         self.tasks[batch_id] = task
-                        task.add_done_callback(lambda _, b=batch_id: self.tasks.pop(b, None))
+                        task.add_done_callback(self._forget)
             try:
                 await asyncio.wait_for(self._wake.wait(), self.options.poll_interval_s)
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    def _forget(self, done: asyncio.Task) -> None:
+        for batch_id, task in list(self.tasks.items()):
+            if task is done:
+                del self.tasks[batch_id]
 
     async def _drive(self, client: httpx.AsyncClient, batch_id: str) -> None:
         try:
@@ -96,9 +101,10 @@ class BatchRunner:
 
     async def _validate(self, client: httpx.AsyncClient, batch: dict) -> dict | None:
         content = self.store.file_content(batch["input_file_id"])
+        lines: list[InputLine] = []
         if content is None:
-            lines, errors = [], [validation_error("file_not_found", f"the input file {batch['input_file_id']} was "
-                                                  "deleted before the batch started", None, "input_file_id")]
+            errors = [validation_error("file_not_found", f"the input file {batch['input_file_id']} was deleted "
+                                       "before the batch started", None, "input_file_id")]
         else:
             lines, errors = parse_input(content, batch["endpoint"])
         if not errors:
@@ -118,8 +124,7 @@ class BatchRunner:
         batch_id = batch["id"]
 
         def stopped() -> bool:
-            current = self.store.get_batch(batch_id)
-            return current is None or current["status"] != "in_progress" or time.time() >= batch["expires_at"]
+            return self.store.batch_status(batch_id) != "in_progress" or time.time() >= batch["expires_at"]
 
         def record(index: int, outcome: str, result: dict) -> None:
             self.store.record_result(batch_id, index, outcome, result)

@@ -122,6 +122,12 @@ class BatchStore:
             row = self._db.execute("SELECT batch FROM batches WHERE id = ?", (batch_id,)).fetchone()
             return None if row is None else self._with_counts(json.loads(row[0]))
 
+    def batch_status(self, batch_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT json_extract(batch, '$.status') FROM batches WHERE id = ?",
+                                   (batch_id,)).fetchone()
+        return None if row is None else row[0]
+
     def _with_counts(self, batch: dict) -> dict:
         total, completed, failed = self._db.execute(
             "SELECT COUNT(*), COUNT(*) FILTER (WHERE outcome = 'output'), COUNT(*) FILTER (WHERE outcome = 'error') "
@@ -158,8 +164,9 @@ class BatchStore:
 
     def unfinished_batch_ids(self) -> list[str]:
         with self._lock:
-            rows = self._db.execute("SELECT id, batch FROM batches ORDER BY rowid").fetchall()
-        return [batch_id for batch_id, batch in rows if json.loads(batch)["status"] in UNFINISHED]
+            rows = self._db.execute(f"SELECT id FROM batches WHERE json_extract(batch, '$.status') IN "
+                                    f"({', '.join('?' * len(UNFINISHED))}) ORDER BY rowid", UNFINISHED).fetchall()
+        return [batch_id for (batch_id,) in rows]
 
     # lines
 
