@@ -58,7 +58,8 @@ def add_service_class_arguments(p: argparse.ArgumentParser) -> None:
 def given_service_class_flags(args: argparse.Namespace) -> list[str]:
     """The service-class flags set on the command line, as typed."""
     names = [*SERVICE_CLASS_FLAGS, *_OFFLINE_SHAPING]
-    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, False)]
+    given = [f"--{name.replace('_', '-')}" for name in names if getattr(args, name) not in (None, False)]
+    return given + (["--high-priority"] if args.high_priority != HIGH_PRIORITY else [])
 
 
 def apply_service_classes(workload: Workload, args: argparse.Namespace) -> Workload:

@@ -74,3 +74,10 @@ def test_the_engine_requests_carry_the_spec_class_and_priority():
     assert seen == {spec.request_id: (spec.service_class, spec.priority) for spec in workload}
     assert {record.request_id: (record.service_class, record.priority) for record in records} == seen
     assert sum(priority == -2 for _, priority in seen.values()) == 10
+
+
+def test_validate_refuses_the_service_class_flags(tmp_path, capsys):
+    code = main(["sim", "--validate", str(tmp_path / "run.json"), "--fleet", "cpu:1", "--high-priority-fraction", "0.1",
+                 "--high-priority", "-3"])
+    assert code == 2
+    assert "--high-priority-fraction, --high-priority cannot be used with --validate" in capsys.readouterr().err
