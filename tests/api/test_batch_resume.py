@@ -1,8 +1,10 @@
-"""A server killed (SIGKILL) in the middle of a batch and started again on the same SQLite file finishes
-the batch: lines answered before the kill are not run again, and every custom_id is answered exactly once."""
+"""A server killed (SIGKILL) or stopped (SIGTERM, which drains and exits 0) in the middle of a batch and
+started again on the same SQLite file finishes the batch: lines answered before the stop are not run
+again, and every custom_id is answered exactly once."""
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import time
 
@@ -22,7 +24,8 @@ def answered_lines(db_path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_killed_server_resumes_the_batch_after_a_restart(launch_server, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_stopped_server_resumes_the_batch_after_a_restart(launch_server, tmp_path, stop):
     db_path = tmp_path / "batches.sqlite3"
     args = ["--batch-db", str(db_path), "--batch-concurrency", "2"]
     lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
@@ -39,10 +42,10 @@ def test_a_killed_server_resumes_the_batch_after_a_restart(launch_server, tmp_pa
         while client.batches.retrieve(batch_id).request_counts.completed < 2:
             assert time.monotonic() < deadline, first.log_text()
             time.sleep(0.05)
-    first.process.kill()
-    first.process.wait()
+    first.process.send_signal(stop)
+    assert first.process.wait(60) == (0 if stop == signal.SIGTERM else -signal.SIGKILL), first.log_text()
     before = answered_lines(db_path)
-    assert 2 <= len(before) < NUM_LINES, "the batch should be cut in the middle; make its lines longer"
+    assert 2 <= len(before) < NUM_LINES, "the batch should stop in the middle; make its lines longer"
 
     second = launch_server(args)
     with openai.OpenAI(base_url=second.api_url, api_key="unused", max_retries=0, timeout=60) as client:
@@ -57,4 +60,4 @@ def test_a_killed_server_resumes_the_batch_after_a_restart(launch_server, tmp_pa
     assert all(line["response"]["status_code"] == 200 for line in output)
     answer_ids = {line["custom_id"]: line["id"] for line in output}
     rerun = [custom_id for custom_id, answer_id in before.items() if answer_ids[custom_id] != answer_id]
-    assert not rerun, f"lines answered before the kill ran again: {rerun}"
+    assert not rerun, f"lines answered before the stop ran again: {rerun}"
