@@ -19,7 +19,7 @@ class BatchOptions:
 
     def __post_init__(self) -> None:
         if self.max_concurrent_lines < 1:
-            raise ValueError(f"--batch-concurrency must be >= 1, got {self.max_concurrent_lines}")
+            raise ValueError(f"the number of batch lines run at once must be >= 1, got {self.max_concurrent_lines}")
 
     def resolved_db_path(self, cache_dir: str | None = None) -> Path:
         if self.db_path:
