@@ -15,8 +15,9 @@ from starlette.requests import Request
 from fleetserve.api.errors import ClientDisconnected
 from fleetserve.api.protocol import PromptTokensDetails, Usage
 from fleetserve.engine.outputs import RequestOutput, TokenLogprob
-from fleetserve.engine.sampling_params import OFFLINE, ONLINE, SERVICE_CLASSES, InvalidRequestError, SamplingParams
+from fleetserve.engine.sampling_params import ONLINE, InvalidRequestError, SamplingParams
 from fleetserve.wire.errors import APIError, bad_request, queue_full, unavailable
+from fleetserve.wire.service_class import service_class_of as wire_service_class
 
 if TYPE_CHECKING:
     from fleetserve.api.state import ServerState
@@ -198,21 +199,8 @@ async def collect(request: Request, state: ServerState, jobs: list[Job]) -> list
     return choices
 
 
-SERVICE_CLASS_HEADER = "x-service-class"
-
-
 def service_class_of(request: Request, body: Any) -> str:
-    """The request's service class: the body's `service_class`, else the x-service-class header, else offline
-    for OpenAI's `service_tier: flex`, else online."""
-    if body.service_class is not None:
-        return body.service_class
-    header = request.headers.get(SERVICE_CLASS_HEADER)
-    if header is not None:
-        if header.strip().lower() not in SERVICE_CLASSES:
-            raise bad_request(f"the {SERVICE_CLASS_HEADER} header must be one of {', '.join(SERVICE_CLASSES)}, "
-                              f"got {header!r}", SERVICE_CLASS_HEADER)
-        return header.strip().lower()
-    return OFFLINE if body.service_tier == "flex" else ONLINE
+    return wire_service_class(body.service_class, body.service_tier, request.headers)
 
 
 def sampling_params(body: Any, max_tokens: int | None, logprobs: int | None, sample: int,

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from fleetserve.fleet.config import RouterConfig
+from fleetserve.fleet.offline_gate import OfflineGate
 from fleetserve.fleet.policies import ALL_POLICY_NAMES, PolicyOptions
 from fleetserve.fleet.routing_plan import RoutingPlan
 
@@ -42,6 +43,11 @@ def add_policy_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
                         help="two_choice: a prompt prefix carrying more than this many replicas' fair share of "
                              "recent requests is too hot to key on, and a longer prefix is used (0: always the "
                              "first block)")
+    parser.add_argument("--online-busy-in-flight", type=int, default=OfflineGate.online_busy_in_flight,
+                        help="offline work: a replica with this many online requests in flight takes no more "
+                             "offline requests; when every replica is busy, offline requests wait at the router")
+    parser.add_argument("--offline-max-in-flight", type=int, default=OfflineGate.offline_max_in_flight,
+                        help="offline work: the most offline requests the router keeps on one replica")
     parser.add_argument("--plan", default=None, metavar="PLAN.json",
                         help="bucket: the capacity plan to route by, the JSON `fleetserve plan --json` writes (its "
                              "per-bucket shares of each hardware pool)")
@@ -76,7 +82,8 @@ def policy_options(args: argparse.Namespace) -> PolicyOptions:
     return PolicyOptions(max_imbalance_tokens=args.max_imbalance_tokens, max_imbalance_ratio=args.max_imbalance_ratio,
                          default_ttft_slo_ms=args.ttft_slo_ms, default_prefill_tokens_per_s=args.prefill_tokens_per_s,
                          hot_key_factor=args.hot_key_factor, session_load_epsilon=session_load_epsilon,
-                         routing_plan=routing_plan)
+                         routing_plan=routing_plan,
+                         offline_gate=OfflineGate(args.online_busy_in_flight, args.offline_max_in_flight))
 
 
 def add_router_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:

@@ -22,7 +22,8 @@ from fleetserve.fleet.launcher import ReplicaPlan, plan_replicas
 _NOT_PASSED_ON = {"help", "host", "port", "threads", "kv_cache_memory", "replicas", "replica_base_port",
                   "kv_cache_memory_per_replica", "policy", "ttft_slo_ms", "prefill_tokens_per_s",
                   "max_imbalance_tokens", "max_imbalance_ratio", "hot_key_factor", "session_load_factor",
-                  "prefix_ttl", "health_interval", "max_attempts", "plan"}
+                  "prefix_ttl", "health_interval", "max_attempts", "plan", "online_busy_in_flight",
+                  "offline_max_in_flight"}
 
 
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:

@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
     replica_config = replica_config_of(args)
     options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times,
                          prefix_view=args.prefix_view)
-    policy = make_policy(args.policy, policy_options(args))
+    routing_options = policy_options(args)
+    policy = make_policy(args.policy, routing_options)
 
     live = None
     arrivals: list[Arrival] | Workload
@@ -133,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
                   f"({', '.join(f'{name}: {model.name}' for name, model in perf.items())}; model {model_name}; "
                   f"policy {args.policy})")
     sim = simulate(arrivals, fleet, perf, policy, model_config.max_position_embeddings, replica_config, options,
-                   timeline_interval_s=args.timeline_interval if args.timeline else None)
+                   timeline_interval_s=args.timeline_interval if args.timeline else None,
+                   offline_gate=routing_options.offline_gate)
     config = {"simulated": True, "label": args.label, "fleet": args.fleet, "policy": args.policy,
               "perf": {name: model.name for name, model in perf.items()}, "perf_args": perf_specs,
               "model": model_name, "replica": {"block_size": args.block_size, "max_num_seqs": args.max_num_seqs,

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fleetserve.wire.service_class import OFFLINE, ONLINE, SERVICE_CLASSES
+
 GREEDY_TEMPERATURE = 1e-5
-ONLINE, OFFLINE = "online", "offline"
-SERVICE_CLASSES = (ONLINE, OFFLINE)
 
 
 class InvalidRequestError(ValueError):

@@ -21,6 +21,7 @@ from typing import Callable, ClassVar
 
 from fleetserve.fleet.bucket_policy import BucketPolicy
 from fleetserve.fleet.key_heat import KeyHeat
+from fleetserve.fleet.offline_gate import OfflineGate
 from fleetserve.fleet.policy_basics import (
     Policy,
     cheapest_of,
@@ -279,6 +280,7 @@ class PolicyOptions:
     default_prefill_tokens_per_s: float = 0.0
     hot_key_factor: float = 1.0
     routing_plan: RoutingPlan | None = None  # for `bucket`: the plan `fleetserve plan` wrote
+    offline_gate: OfflineGate = OfflineGate()  # where offline requests go, and when they wait at the router
 
     def slo_guard(self) -> SLOGuard:
         return SLOGuard(self.default_ttft_slo_ms, self.default_prefill_tokens_per_s)

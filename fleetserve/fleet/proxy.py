@@ -103,7 +103,7 @@ class RelayResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self.replica.finish(self.ticket)
+            self.router.request_ended(self.replica, self.ticket)
             await self.upstream.aclose()
 
 
@@ -171,27 +171,30 @@ async def forward(router: RouterState, request: Request, path: str, raw_body: by
     tried: set[str] = set()
     failures: list[str] = []
     last_refusal: tuple[Answer, Replica] | None = None
+    if call.offline:
+        await router.hold_offline(call)
     for _ in range(router.config.max_attempts):
         try:
             replica, cached_tokens = router.choose(call, policy_name, tried, request.headers)
         except NoHealthyReplica:
             break
         tried.add(replica.replica_id)
-        ticket = replica.begin(max(call.prompt_tokens - cached_tokens, 0), call.max_output_tokens, time.monotonic())
+        ticket = replica.begin(max(call.prompt_tokens - cached_tokens, 0), call.max_output_tokens, time.monotonic(),
+                               offline=call.offline)
         try:
             answer = await _attempt(router, replica, path, raw_body, headers)
         except (httpx.HTTPError, StopAsyncIteration, ReplicaEjected) as exc:
-            replica.finish(ticket)
+            router.request_ended(replica, ticket)
             failures.append(f"{replica.replica_id}: {describe_error(exc)}")
             router.attempt_failed(replica, exc, _stage_of(exc))
             continue
         except BaseException:
-            replica.finish(ticket)
+            router.request_ended(replica, ticket)
             raise
         upstream = answer.upstream
         if answer.body is not None:
             replica.first_byte(ticket, time.monotonic(), learn_speed=False)
-            replica.finish(ticket)
+            router.request_ended(replica, ticket)
             if upstream.status_code in RETRY_STATUSES:
                 failures.append(f"{replica.replica_id}: HTTP {upstream.status_code} {answer.body[:200]!r}")
                 router.attempt_refused(replica, upstream.status_code)

@@ -44,6 +44,7 @@ class Ticket:
     queued_prefill_at_send: int
     prefilling: bool = True
     closed: bool = False
+    offline: bool = False
 
 
 @dataclass
@@ -57,16 +58,20 @@ class Replica:
     consecutive_failures: int = 0
     last_error: str | None = None
     models: list[str] = field(default_factory=list)
-    in_flight: int = 0
+    in_flight: int = 0  # online requests; the tokens below are theirs too
     waiting_prefill_tokens: int = 0
     decoding_tokens: int = 0
+    offline_in_flight: int = 0  # offline requests yield to online ones in the replica, so they count apart
     reported: dict[str, float] = field(default_factory=dict)  # from the replica's /metrics
     kv_feed: str = "connecting"  # "connecting", "streaming", or "none" when the replica offers no feed
     pool: str | None = None  # hardware pool, as a routing plan names it
 
     # --- request lifecycle -------------------------------------------------------------------------
 
-    def begin(self, prefill_tokens: int, decode_tokens: int, now: float) -> Ticket:
+    def begin(self, prefill_tokens: int, decode_tokens: int, now: float, offline: bool = False) -> Ticket:
+        if offline:
+            self.offline_in_flight += 1
+            return Ticket(0, 0, now, self.waiting_prefill_tokens, offline=True)
         ticket = Ticket(prefill_tokens, decode_tokens, now, self.waiting_prefill_tokens)
         self.in_flight += 1
         self.waiting_prefill_tokens += prefill_tokens
@@ -95,11 +100,14 @@ class Replica:
     def finish(self, ticket: Ticket) -> None:
         if ticket.closed:
             return
+        ticket.closed = True
+        if ticket.offline:
+            self.offline_in_flight -= 1
+            return
         if ticket.prefilling:
             self.waiting_prefill_tokens -= ticket.prefill_tokens
         self.decoding_tokens -= ticket.decode_tokens
         self.in_flight -= 1
-        ticket.closed = True
 
     # --- health ---------------------------------------------------------------------------------------
 
@@ -125,6 +133,7 @@ class Replica:
 
     def state(self, cached_prefix_tokens: int = 0) -> ReplicaState:
         return ReplicaState(replica_id=self.replica_id, healthy=self.healthy, in_flight=self.in_flight,
+                            offline_in_flight=self.offline_in_flight,
                             waiting_prefill_tokens=max(self.waiting_prefill_tokens, 0),
                             decoding_tokens=max(self.decoding_tokens, 0),
                             kv_usage=self.reported.get("kv_usage", 0.0), block_size=self.block_size,
@@ -134,6 +143,7 @@ class Replica:
     def describe(self) -> dict:
         return {"id": self.replica_id, "url": self.url, "pool": self.pool, "healthy": self.healthy,
                 "weight": self.weight, "models": list(self.models), "in_flight": self.in_flight,
+                "offline_in_flight": self.offline_in_flight,
                 "waiting_prefill_tokens": self.waiting_prefill_tokens, "decoding_tokens": self.decoding_tokens,
                 "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 1), "block_size": self.block_size,
                 "kv_feed": self.kv_feed, "reported": dict(self.reported), "last_error": self.last_error,

@@ -11,6 +11,7 @@ offers anyway.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fleetserve.wire.block_hashes import chain_block_hashes
 from fleetserve.wire.errors import APIError, bad_request
 from fleetserve.wire.messages import template_message
+from fleetserve.wire.service_class import OFFLINE, service_class_of
 from fleetserve.wire.validation import describe_validation_errors
 
 BYTES_PER_TOKEN_ESTIMATE = 4
@@ -40,6 +42,8 @@ class RoutedMessage(_Lenient):
 
 class RoutedFields(_Lenient):
     model: str | None = None
+    service_class: Any = None  # checked by fleetserve.wire.service_class, with the replica's message
+    service_tier: Any = None
     stream: bool = False
     user: str | None = None
     n: int = Field(1, ge=1)
@@ -70,6 +74,7 @@ class RoutedCall:
     session_key: str | None
     prompt_token_ids: list[int] | None = None  # exact, when known
     prompt_bytes: bytes = b""  # when tokens are only estimated
+    offline: bool = False  # the offline service class (fleetserve.wire.service_class)
     _hashes: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def block_hashes(self, block_size: int) -> tuple[int, ...]:
@@ -141,7 +146,7 @@ def _completion_prompt(body: RoutedCompletion,
 
 
 def describe_call(endpoint: str, raw: bytes, tokenizer: PromptTokenizer | None, default_max_tokens: int,
-                  session_header: str | None) -> RoutedCall:
+                  session_header: str | None, headers: Mapping[str, str] | None = None) -> RoutedCall:
     """Parse and check the body; raises APIError (400) naming what is wrong."""
     if endpoint not in ENDPOINTS:
         raise APIError(404, f"the router does not route {endpoint!r} requests")
@@ -157,4 +162,5 @@ def describe_call(endpoint: str, raw: bytes, tokenizer: PromptTokenizer | None, 
     return RoutedCall(endpoint=endpoint, model=body.model or None, stream=body.stream,
                       prompt_tokens=max(prompt_tokens, 1), max_output_tokens=max_tokens * body.n,
                       session_key=session_header or body.user or None, prompt_token_ids=ids,
-                      prompt_bytes=prompt_bytes)
+                      prompt_bytes=prompt_bytes,
+                      offline=service_class_of(body.service_class, body.service_tier, headers or {}) == OFFLINE)

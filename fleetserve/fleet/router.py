@@ -75,7 +75,7 @@ def create_router_app(router: RouterState) -> FastAPI:
             policy = router.policy_for(request.headers)
             raw = await read_body(request, router.config.max_body_bytes)
             call = describe_call(endpoint, raw, router.tokenizer, router.config.default_max_tokens,
-                                 request.headers.get(SESSION_HEADER))
+                                 request.headers.get(SESSION_HEADER), request.headers)
             router.check_model(call.model)
             response = await forward(router, request, paths.GENERATION_PATHS[endpoint], raw, call, policy)
             status = response.status_code

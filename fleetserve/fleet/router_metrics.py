@@ -15,14 +15,21 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ReplicaStateCollector(Collector):
-    def __init__(self, replicas: Callable[[], Iterable[Replica]], index: PrefixIndex) -> None:
+    def __init__(self, replicas: Callable[[], Iterable[Replica]], index: PrefixIndex,
+                 offline_held: Callable[[], int]) -> None:
         self.replicas = replicas
         self.index = index
+        self.offline_held = offline_held
 
     def collect(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("fleetserve:router_offline_held", "Offline requests waiting at the router for a "
+                                "replica with room", value=float(self.offline_held()))
         gauges = {
             "healthy": ("1 when the replica takes requests, 0 while ejected", lambda r: float(r.healthy)),
-            "in_flight": ("Requests the router has sent to the replica and not finished", lambda r: r.in_flight),
+            "in_flight": ("Online requests the router has sent to the replica and not finished",
+                          lambda r: r.in_flight),
+            "offline_in_flight": ("Offline requests the router has sent to the replica and not finished",
+                                  lambda r: r.offline_in_flight),
             "waiting_prefill_tokens": ("Prompt tokens sent to the replica whose first byte has not come back",
                                        lambda r: max(r.waiting_prefill_tokens, 0)),
             "decoding_tokens": ("Output tokens still to come from the replica (max_tokens less those streamed)",
@@ -45,9 +52,10 @@ class ReplicaStateCollector(Collector):
 
 
 class RouterMetrics:
-    def __init__(self, replicas: Callable[[], Iterable[Replica]], index: PrefixIndex) -> None:
+    def __init__(self, replicas: Callable[[], Iterable[Replica]], index: PrefixIndex,
+                 offline_held: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(ReplicaStateCollector(replicas, index))
+        self.registry.register(ReplicaStateCollector(replicas, index, offline_held))
 
         def counter(name: str, doc: str, labels: list[str]) -> Counter:
             return Counter(f"fleetserve:router_{name}", doc, labels, registry=self.registry)
@@ -64,6 +72,10 @@ class RouterMetrics:
         self.stream_failures = counter("stream_failures", "Streams that broke after their first byte reached the "
                                                           "client (ended with an error event)", ["replica"])
         self.requests = counter("requests", "Requests answered, by endpoint and status", ["endpoint", "status"])
+        self.offline_held = Counter("fleetserve:router_offline_held_requests", "Offline requests that waited at the "
+                                    "router for a replica with room", registry=self.registry)
+        self.offline_held_seconds = Counter("fleetserve:router_offline_held_seconds", "Seconds offline requests "
+                                            "waited at the router, in all", registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -19,9 +19,17 @@ import httpx
 from fleetserve.fleet.config import RouterConfig
 from fleetserve.fleet.health import HealthMonitor, probe_backend
 from fleetserve.fleet.kv_feed import KVFeedFollower
+from fleetserve.fleet.offline_hold import OfflineHold
 from fleetserve.fleet.policies import Policy, available_policy_names, make_policy
 from fleetserve.fleet.prefix_index import PrefixIndex
-from fleetserve.fleet.replicas import Replica, ReplicaRegistry, default_replica_id, normalize_backend_url, parse_backend
+from fleetserve.fleet.replicas import (
+    Replica,
+    ReplicaRegistry,
+    Ticket,
+    default_replica_id,
+    normalize_backend_url,
+    parse_backend,
+)
 from fleetserve.fleet.request_info import PromptTokenizer, RoutedCall
 from fleetserve.fleet.router_metrics import RouterMetrics
 from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
@@ -44,9 +52,11 @@ class RouterState:
         self.tokenizer = tokenizer
         self.registry = ReplicaRegistry()
         self.index = PrefixIndex(config.prefix_ttl_s)
-        self.metrics = RouterMetrics(lambda: self.registry, self.index)
+        self.offline_hold = OfflineHold()
+        self.metrics = RouterMetrics(lambda: self.registry, self.index, lambda: self.offline_hold.num_held)
         self.policies: dict[str, Policy] = {name: make_policy(name, config.policy_options)
                                             for name in available_policy_names(config.policy_options)}
+        self.offline_gate = config.policy_options.offline_gate
         self._ids = itertools.count()
         self._client: httpx.AsyncClient | None = None
         self._monitor: HealthMonitor | None = None
@@ -195,15 +205,33 @@ class RouterState:
         request = RouteRequest(request_id=headers.get("x-request-id") or f"route-{next(self._ids)}",
                                prompt_tokens=call.prompt_tokens, max_tokens=call.max_output_tokens,
                                block_hashes=call.block_hashes(block_size), session_key=call.session_key,
-                               ttft_slo_ms=ttft_slo_of(headers))
+                               ttft_slo_ms=ttft_slo_of(headers), offline=call.offline)
         snapshot = FleetSnapshot(tuple(r.state(cached[r.replica_id]) for r in candidates))
-        replica = self.registry.get(self.policies[policy_name].choose(request, snapshot))
+        # An offline request was let through the hold because a replica had room; on a retry there may be
+        # none left, and then the routing policy places it.
+        chosen = self.offline_gate.choose(request, snapshot) if call.offline else None
+        replica = self.registry.get(chosen or self.policies[policy_name].choose(request, snapshot))
         self.metrics.decisions.labels(policy_name, replica.replica_id).inc()
         self.metrics.prompt_tokens.labels(replica.replica_id).inc(call.prompt_tokens)
         self.metrics.prefix_hit_tokens.labels(replica.replica_id).inc(cached[replica.replica_id])
         ttl = self.config.pending_ttl_s if replica.kv_feed == "streaming" else self.config.prefix_ttl_s
         self.index.routed(replica.replica_id, call.block_hashes(replica.block_size), now, ttl)
         return replica, cached[replica.replica_id]
+
+    async def hold_offline(self, call: RoutedCall) -> None:
+        """Wait until some replica serving the call's model has room for offline work (see OfflineGate)."""
+        def has_room() -> bool:
+            return any(self.offline_gate.has_room(replica.state()) for replica in self.registry
+                       if self.serves(replica, call.model))
+
+        waited = await self.offline_hold.wait_turn(has_room)
+        if waited > 0:
+            self.metrics.offline_held.inc()
+            self.metrics.offline_held_seconds.inc(waited)
+
+    def request_ended(self, replica: Replica, ticket: Ticket) -> None:
+        replica.finish(ticket)
+        self.offline_hold.notify()
 
     # --- failures seen by requests --------------------------------------------------------------------
 

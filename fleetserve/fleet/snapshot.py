@@ -17,13 +17,15 @@ class RouteRequest:
     block_hashes: tuple[int, ...] = ()  # chained hashes of the prompt's full blocks (fleetserve.wire.block_hashes)
     session_key: str | None = None  # session header or the OpenAI `user` field
     ttft_slo_ms: float | None = None
+    offline: bool = False  # offline service class: placed by the OfflineGate, held while every replica is busy
 
 
 @dataclass(frozen=True)
 class ReplicaState:
     replica_id: str
     healthy: bool = True
-    in_flight: int = 0
+    in_flight: int = 0  # online requests routed here and not finished (the load online routing weighs)
+    offline_in_flight: int = 0  # offline ones, which yield to online work inside the replica
     waiting_prefill_tokens: int = 0  # prompt tokens routed here whose prefill has not finished
     decoding_tokens: int = 0  # output tokens still to generate for requests routed here
     kv_usage: float = 0.0

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import gc
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleetserve.bench.metrics import RequestRecord
 from fleetserve.engine.request import Request
 from fleetserve.engine.sampling_params import SamplingParams
+from fleetserve.fleet.offline_gate import OfflineGate
 from fleetserve.fleet.policies import Policy
 from fleetserve.fleet.snapshot import RouteRequest
 from fleetserve.sim.block_hashes import request_block_hashes
@@ -41,8 +43,18 @@ def workload_arrivals(workload: Workload) -> list[Arrival]:
     return [Arrival(spec, spec.arrival_s, spec.arrival_s) for spec in workload]
 
 
+@dataclass
+class HeldRequest:
+    """An offline request the router holds until a replica has room (fleetserve.fleet.offline_gate)."""
+    request: Request
+    route: RouteRequest
+    record: RequestRecord
+    held_s: float
+
+
 class SimFleet:
-    def __init__(self, replicas: list[SimReplica], policy: Policy, timeline: ReplicaTimeline | None = None) -> None:
+    def __init__(self, replicas: list[SimReplica], policy: Policy, timeline: ReplicaTimeline | None = None,
+                 offline_gate: OfflineGate | None = None) -> None:
         if not replicas:
             raise ValueError("a simulated fleet needs at least one replica")
         block_sizes = {replica.kv.block_size for replica in replicas}
@@ -63,6 +75,10 @@ class SimFleet:
         self.timeline = timeline
         self._params: dict[tuple[int, int, str], SamplingParams] = {}
         self._uid = 0
+        self.offline_gate = offline_gate or OfflineGate()
+        self.held: deque[HeldRequest] = deque()
+        self.num_held = 0  # offline requests that waited at the router
+        self.held_s = 0.0  # and how long, in all
 
     def run(self, arrivals: Iterable[Arrival] | Workload) -> list[RequestRecord]:
         """Replay the arrivals (in order of sent time) to the end; returns one record per request."""
@@ -113,6 +129,8 @@ class SimFleet:
             queue.set(index, replica.wake(now))
             if not extends_only:
                 view.touched(index)
+                if self.held:
+                    self._release_held(now)
 
     def _route(self, arrival: Arrival) -> RequestRecord:
         spec, now = arrival.spec, arrival.sent_s
@@ -129,24 +147,53 @@ class SimFleet:
                 service_class=spec.service_class)
         request = Request(spec.request_id, [0] * prompt, params, NO_EOS, now, block_hashes=hashes)
         route = RouteRequest(spec.request_id, prompt, output, tuple(hashes[:prompt // block_size]),
-                             session_key=spec.session_id)
+                             session_key=spec.session_id, offline=params.offline)
+        record = RequestRecord(spec.request_id, arrival.arrival_s, now, prompt_tokens=prompt,
+                               service_class=spec.service_class, priority=spec.priority)
+        if route.offline:
+            if self.held:  # first come, first served: behind those already held
+                self._hold(request, route, record, now)
+                return record
+            replica_id = self.offline_gate.choose(route, self.view.snapshot([], now))
+            if replica_id is None:
+                self._hold(request, route, record, now)
+            else:
+                self._dispatch(request, route, record, replica_id, now)
+            return record
         if shared:
             self.view.expect_shared_blocks()
         # A prefix hit never covers the prompt's last token (the scheduler computes it for its logits).
         snapshot = self.view.snapshot(hashes[:min(shared, (prompt - 1) // block_size)], now)
-        replica_id = self.policy.choose(route, snapshot)
+        self._dispatch(request, route, record, self.policy.choose(route, snapshot), now)
+        return record
+
+    def _dispatch(self, request: Request, route: RouteRequest, record: RequestRecord, replica_id: str,
+                  now: float) -> None:
         index = self.index_of.get(replica_id)
         if index is None:
             raise ValueError(f"policy {self.policy.name!r} chose {replica_id!r}, not a replica of this fleet")
         replica = self.replicas[index]
         if self.timeline is not None:
             self.timeline.routed_to(index)
-        cached = self.view.cached_tokens.get(index, 0)
-        ticket = replica.router.begin(max(prompt - cached, 0), output, now)
-        record = RequestRecord(spec.request_id, arrival.arrival_s, now, prompt_tokens=prompt,
-                               service_class=spec.service_class, priority=spec.priority)
+        cached = self.view.cached_tokens.get(index, 0) if not route.offline else 0
+        ticket = replica.router.begin(max(route.prompt_tokens - cached, 0), route.max_tokens, now,
+                                      offline=route.offline)
         wake = replica.submit(TrackedRequest(request, record, ticket), now)
         if wake is not None:
             self.queue.set(index, wake)
         self.view.touched(index)
-        return record
+
+    def _hold(self, request: Request, route: RouteRequest, record: RequestRecord, now: float) -> None:
+        self.held.append(HeldRequest(request, route, record, now))
+        self.num_held += 1
+
+    def _release_held(self, now: float) -> None:
+        """Send held offline requests on, first come first served, while a replica has room."""
+        while self.held:
+            first = self.held[0]
+            replica_id = self.offline_gate.choose(first.route, self.view.snapshot([], now))
+            if replica_id is None:
+                return
+            self.held.popleft()
+            self.held_s += now - first.held_s
+            self._dispatch(first.request, first.route, first.record, replica_id, now)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetserve.bench.metrics import SLO, RequestRecord
+from fleetserve.fleet.offline_gate import OfflineGate
 from fleetserve.fleet.policies import Policy
 from fleetserve.perf.hardware import Hardware
 from fleetserve.perf.model import PerfModel
@@ -28,6 +29,8 @@ class SimulationRun:
     wall_s: float
     cpu_s: float
     timeline: ReplicaTimeline | None = None
+    offline_held: int = 0  # offline requests that waited at the router for a replica with room
+    offline_held_s: float = 0.0  # their waits, in all
 
     def stats(self) -> dict[str, Any]:
         """Per hardware: replicas, perf model, steps (simulated, in full, as decode segments), preemptions,
@@ -47,24 +50,26 @@ class SimulationRun:
                                 if self.simulated_s > 0 else None),
                 "prefix_cache_hit_rate": sum(r.kv.prefix_cache_hits for r in group) / queried if queried else None,
             }
-        return {"hardware": hardware, "simulated_s": self.simulated_s, "wall_s": self.wall_s, "cpu_s": self.cpu_s,
+        return {"hardware": hardware, "simulated_s": self.simulated_s, "offline_held_requests": self.offline_held,
+                "offline_held_s": self.offline_held_s, "wall_s": self.wall_s, "cpu_s": self.cpu_s,
                 "requests_per_cpu_s": len(self.records) / self.cpu_s if self.cpu_s > 0 else None}
 
 
 def simulate(arrivals: list[Arrival] | Workload, fleet: list[tuple[Hardware, int]],
              perf_by_hardware: Mapping[str, PerfModel], policy: Policy, model_max_len: int,
              config: ReplicaConfig | None = None, options: SimOptions | None = None,
-             timeline_interval_s: float | None = None) -> SimulationRun:
-    """With `timeline_interval_s`, also sample every replica's state on that grid (`SimulationRun.timeline`)."""
+             timeline_interval_s: float | None = None, offline_gate: OfflineGate | None = None) -> SimulationRun:
+    """With `timeline_interval_s`, also sample every replica's state on that grid (`SimulationRun.timeline`).
+    `offline_gate` places offline requests and holds them at the router (default: OfflineGate())."""
     if not len(arrivals):
         raise ValueError("nothing to simulate: the workload has no requests")
     replicas = build_replicas(fleet, perf_by_hardware, config or ReplicaConfig(), model_max_len, options)
     timeline = ReplicaTimeline(replicas, timeline_interval_s) if timeline_interval_s is not None else None
-    sim = SimFleet(replicas, policy, timeline)
+    sim = SimFleet(replicas, policy, timeline, offline_gate)
     started, cpu_started = time.perf_counter(), time.process_time()
     records = sim.run(arrivals)
     return SimulationRun(records, replicas, sim.clock, time.perf_counter() - started,
-                         time.process_time() - cpu_started, timeline)
+                         time.process_time() - cpu_started, timeline, sim.num_held, sim.held_s)
 
 
 def sim_result(run: SimulationRun, workload: Workload, config: dict[str, Any], slo: SLO | None) -> dict[str, Any]:

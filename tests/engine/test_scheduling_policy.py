@@ -15,8 +15,8 @@ from fleetserve.engine.sampling_params import SamplingParams
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 
+from run_checks import assert_run_matches_stepping
 from scheduler_ops import run_to_end
-from test_decode_run import assert_run_matches_stepping
 
 
 def request(rid: str, prompt_len: int = 8, max_tokens: int = 4, priority: int = 0, offline: bool = False,

@@ -80,6 +80,7 @@ def test_a_bad_plan_file_is_a_clear_error_naming_it(tmp_path, content, message):
 def test_policy_options_carry_the_plan(tmp_path):
     args = SimpleNamespace(ttft_slo_ms=None, session_load_factor=1.25, max_imbalance_tokens=None,
                            max_imbalance_ratio=1.5, prefill_tokens_per_s=0.0, hot_key_factor=1.0,
+                           online_busy_in_flight=16, offline_max_in_flight=32,
                            plan=plan_file(tmp_path, {"routing": LONG_TO_A100.to_jsonable()}))
     assert policy_options(args).routing_plan == LONG_TO_A100  # type: ignore[arg-type]
 
