@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from fleetserve.commands.batch_arguments import add_batch_arguments, batch_options
 from fleetserve.fleet.config import RouterConfig
 from fleetserve.fleet.offline_gate import OfflineGate
 from fleetserve.fleet.policies import ALL_POLICY_NAMES, PolicyOptions
@@ -97,6 +98,7 @@ def add_router_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
 
 
 def add_route_arguments(parser: argparse.ArgumentParser) -> None:
+    add_batch_arguments(parser)
     parser.add_argument("--backend", action="append", default=[], metavar="[POOL=]URL",
                         help="an OpenAI-compatible server root, e.g. http://127.0.0.1:8001, or with its hardware "
                              "pool for --policy bucket, e.g. a100=http://10.0.0.5:8000 (repeat for more; more can be "
@@ -119,7 +121,8 @@ def router_config(args: argparse.Namespace, backends: list[str], tokenizer: str 
                         policy_options=options, health_interval_s=args.health_interval,
                         max_attempts=args.max_attempts, prefix_ttl_s=args.prefix_ttl,
                         default_block_size=getattr(args, "block_size", RouterConfig.default_block_size),
-                        log_level=args.log_level, access_log=not args.no_access_log)
+                        log_level=args.log_level, access_log=not args.no_access_log,
+                        batches=batch_options(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fleetserve.commands.batch_arguments import batch_options
 from fleetserve.commands.engine_arguments import add_engine_arguments, engine_options
-from fleetserve.commands.serve_arguments import add_serve_arguments, batch_options, server_options
+from fleetserve.commands.serve_arguments import add_serve_arguments, server_options
 from fleetserve.commands.serve_fleet import add_fleet_arguments
 
 

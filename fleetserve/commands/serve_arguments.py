@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from fleetserve.api.batch_config import BatchOptions
 from fleetserve.api.state import ServerOptions
+from fleetserve.commands.batch_arguments import add_batch_arguments
 from fleetserve.commands.route import LOG_LEVELS
 
 
@@ -23,11 +23,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request body accepted (413 beyond), e.g. 4MiB or 1000000")
     parser.add_argument("--log-level", default=ServerOptions.log_level, choices=LOG_LEVELS)
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
-    parser.add_argument("--batch-db", default=BatchOptions.db_path, metavar="PATH",
-                        help="the Batch API's SQLite file (files, batches, per-line results) "
-                             "(default: batches.sqlite3 in the cache directory)")
-    parser.add_argument("--batch-concurrency", type=int, default=BatchOptions.max_concurrent_lines, metavar="N",
-                        help="batch lines run at once (as the offline service class)")
+    add_batch_arguments(parser)
 
 
 def server_options(args: argparse.Namespace) -> ServerOptions:
@@ -37,6 +33,3 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
                          max_body_bytes=parse_size(args.max_body_bytes), log_level=args.log_level,
                          access_log=not args.no_access_log)
 
-
-def batch_options(args: argparse.Namespace) -> BatchOptions:
-    return BatchOptions(db_path=args.batch_db, max_concurrent_lines=args.batch_concurrency)

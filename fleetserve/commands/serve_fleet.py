@@ -23,7 +23,7 @@ _NOT_PASSED_ON = {"help", "host", "port", "threads", "kv_cache_memory", "replica
                   "kv_cache_memory_per_replica", "policy", "ttft_slo_ms", "prefill_tokens_per_s",
                   "max_imbalance_tokens", "max_imbalance_ratio", "hot_key_factor", "session_load_factor",
                   "prefix_ttl", "health_interval", "max_attempts", "plan", "online_busy_in_flight",
-                  "offline_max_in_flight"}
+                  "offline_max_in_flight", "batch_db", "batch_concurrency", "no_batch_api"}
 
 
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +60,9 @@ def replica_argv(args: argparse.Namespace, port: int, threads: int, kv_cache_byt
     parser = argparse.ArgumentParser(add_help=False)
     add_engine_arguments(parser)
     add_serve_arguments(parser)
+    # The router serves the Batch API of a fleet, so batch lines reach the replicas through it, as offline work.
     argv = [sys.executable, "-m", "fleetserve.commands.serve", "--host", "127.0.0.1", "--port", str(port),
-            "--threads", str(threads), "--kv-cache-memory", str(kv_cache_bytes)]
+            "--threads", str(threads), "--kv-cache-memory", str(kv_cache_bytes), "--no-batch-api"]
     for action in parser._actions:
         if action.dest in _NOT_PASSED_ON or not action.option_strings or not hasattr(args, action.dest):
             continue

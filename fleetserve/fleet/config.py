@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fleetserve.api.batch_config import BatchOptions
 from fleetserve.fleet.policies import PolicyOptions, make_policy
 from fleetserve.wire.errors import DEFAULT_MAX_BODY_BYTES
 from fleetserve.wire.urls import server_url
@@ -33,6 +34,7 @@ class RouterConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "info"
     access_log: bool = True
+    batches: BatchOptions | None = None  # the Batch API in front of the fleet; None: no /v1/files, /v1/batches
 
     def __post_init__(self) -> None:
         make_policy(self.policy, self.policy_options)  # an unknown name, or bucket without a plan, is refused

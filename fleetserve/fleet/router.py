@@ -5,13 +5,14 @@
 
 Endpoints: POST /v1/chat/completions and /v1/completions (routed, streamed straight through), GET
 /v1/models (the models of the healthy replicas), GET /health (200 while a replica is healthy), GET
-/metrics, and GET/POST/DELETE /admin/replicas to list, add and remove replicas at run time.
+/metrics, GET/POST/DELETE /admin/replicas to list, add and remove replicas at run time, and (with
+RouterConfig.batches) the Batch API: /v1/files and /v1/batches.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
 from typing import AsyncIterator
@@ -21,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from fleetserve.api.batch_api import BatchAPI
 from fleetserve.fleet.config import RouterConfig
 from fleetserve.fleet.health import PROBE_TIMEOUT_S, probe_backend
 from fleetserve.fleet.proxy import forward
@@ -56,11 +58,16 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def create_router_app(router: RouterState) -> FastAPI:
+    """The router's app; with `RouterConfig.batches`, also the Batch API, whose lines go through this very
+    app (so through the routing and the offline gate) as offline requests."""
+    batch_api = BatchAPI(router.config.batches) if router.config.batches is not None else None
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await router.start()
         try:
-            yield
+            async with batch_api.running(app) if batch_api is not None else nullcontext():
+                yield
         finally:
             await router.stop()
 
@@ -68,6 +75,8 @@ def create_router_app(router: RouterState) -> FastAPI:
                   description="One OpenAI-compatible endpoint in front of many replicas")
     app.state.router = router
     install_error_handlers(app)
+    if batch_api is not None:
+        app.include_router(batch_api.router)
 
     async def route(request: Request, endpoint: str) -> Response:
         status = 500
