@@ -46,8 +46,9 @@ SIM_BASE = ["--fleet", "h100:4", "--model-config", "benchmarks/models/llama-3-8b
 COLO_SPEEDUP = 10  # 55 requests/s, about 70% of the fleet's throughput for this mix; alone it meets the SLO
 PRIORITY_SPEEDUP = 14  # about 97% of the fleet's throughput: FCFS p99 TTFT of several seconds
 OFFLINE_BATCH = "rate=inf,n=20000,prompt=uniform:256:2048,output=uniform:64:512"
-# The router's offline limits raised to the engine's 64 sequences (defaults: 16 online busy, 32 offline)
-GATE_64 = ["--online-busy-in-flight", "64", "--offline-max-in-flight", "64"]
+# Tighter limits than the defaults (64 online busy, 64 offline, offline token share 1): a busy threshold of
+# 16 online requests and half the token budget, to show what each default is worth.
+GATE_16 = ["--online-busy-in-flight", "16", "--offline-max-in-flight", "32"]
 NAIVE_MIXING = ["--online-busy-in-flight", "1000000", "--offline-max-in-flight", "1000000",
                 "--offline-token-share", "1", "--online-kv-reserve", "0"]
 
@@ -139,8 +140,8 @@ def part_sim() -> dict:
     colo = ["--speedup", str(COLO_SPEEDUP)]
     alone = sim("a_online_alone", *online, *colo)
     mixed = {name: sim(f"b_{name}", *online, *colo, *offline, *limits, keep_requests=True)
-             for name, limits in (("default_limits", []), ("gate_64", GATE_64),
-                                 ("gate_64_share_1", [*GATE_64, "--offline-token-share", "1"]),
+             for name, limits in (("default_limits", []), ("share_half", ["--offline-token-share", "0.5"]),
+                                 ("gate_16_share_half", [*GATE_16, "--offline-token-share", "0.5"]),
                                  ("naive_mixing", NAIVE_MIXING))}
     saturated = (sim("c_online_saturated", *online, "--rate", "inf"),
                  sim("d_offline_saturated", "--synthetic", OFFLINE_BATCH))
@@ -152,7 +153,7 @@ def part_sim() -> dict:
                        "--priority-aging-s", aging)
         figures[f"priority_aging_{aging}s"] = priority_figures(fcfs, priority)
     figures["settings"] = {"colo_speedup": COLO_SPEEDUP, "priority_speedup": PRIORITY_SPEEDUP, "slo": SIM_SLO,
-                           "offline_batch": OFFLINE_BATCH, "base": SIM_BASE, "gate_64": GATE_64,
+                           "offline_batch": OFFLINE_BATCH, "base": SIM_BASE, "gate_16": GATE_16,
                            "naive_mixing": NAIVE_MIXING}
     return figures
 

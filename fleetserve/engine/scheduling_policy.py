@@ -8,7 +8,9 @@ does not change while the request waits, so the queue needs no clock.
 
 Offline requests (batch jobs, evaluations) fill what online ones leave: they are admitted only when no
 online request waits, may use at most `offline_token_share` of a step's token budget minus the online
-tokens of that step while any online request is running or waiting (all of it otherwise), must leave
+tokens of that step while any online request is running or waiting (all of it otherwise; the default
+share, 1, gives them whatever the online requests leave of the budget, and a lower one keeps the steps
+that online requests decode in shorter, at the cost of offline throughput), must leave
 `online_kv_reserve` of the KV blocks free for arriving online requests, and are preempted first. Both caps
 follow the online load: the busier the online work, the less is left.
 """
@@ -25,7 +27,7 @@ SCHEDULING_POLICIES = ("fcfs", "priority")
 class SchedulingPolicy:
     policy: str = "fcfs"
     priority_aging_s: float = 30.0  # seconds of waiting worth one priority level; 0 turns aging off
-    offline_token_share: float = 0.5  # of max_num_batched_tokens, for offline work while online work is present
+    offline_token_share: float = 1.0  # of max_num_batched_tokens, for offline work while online work is present
     online_kv_reserve: float = 0.1  # of the KV blocks, kept free of offline work
 
     def __post_init__(self) -> None:

@@ -19,8 +19,10 @@ from fleetserve.fleet.snapshot import FleetSnapshot, ReplicaState, RouteRequest
 
 @dataclass(frozen=True)
 class OfflineGate:
-    online_busy_in_flight: int = 16  # online requests in flight at which a replica takes no more offline work
-    offline_max_in_flight: int = 32  # offline requests in flight a replica may hold
+    # Both default to the engine's 64 sequence slots (`--max-num-seqs`): a replica whose slots online requests
+    # fill is busy with online work, and one never holds more offline requests than it can run at once.
+    online_busy_in_flight: int = 64  # online requests in flight at which a replica takes no more offline work
+    offline_max_in_flight: int = 64  # offline requests in flight a replica may hold
 
     def __post_init__(self) -> None:
         for name in ("online_busy_in_flight", "offline_max_in_flight"):
