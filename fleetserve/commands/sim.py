@@ -8,6 +8,7 @@ With `--validate RUN.json` the live run's arrivals are replayed and the two summ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from typing import TYPE_CHECKING
 
@@ -142,7 +143,9 @@ def run(args: argparse.Namespace) -> int:
                                                "max_num_batched_tokens": args.max_num_batched_tokens,
                                                "max_model_len": args.max_model_len,
                                                "prefix_caching": not args.no_prefix_caching,
-                                               "max_queue": args.max_queue},
+                                               "max_queue": args.max_queue,
+                                               "scheduling": dataclasses.asdict(replica_config.scheduling)},
+              "offline_gate": dataclasses.asdict(routing_options.offline_gate),
               "trace": args.trace, "trace_kind": args.trace_kind, "synthetic": args.synthetic,
               "validate": args.validate, "speedup": args.speedup, "rate": args.rate, "seed": args.seed,
               "skip_decodes": not args.no_skip, "token_times": not args.no_token_times,

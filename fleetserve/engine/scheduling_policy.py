@@ -55,10 +55,14 @@ class SchedulingPolicy:
 
     def outranks(self, candidate: Request, victim: Request) -> bool:
         """Whether a waiting `candidate` may preempt a running `victim` to be admitted: online work preempts
-        offline work; under the priority policy a strictly lower priority preempts a higher one."""
+        offline work; under the priority policy a strictly lower priority preempts a higher one that would
+        queue behind it."""
         if candidate.offline != victim.offline:
             return victim.offline
-        return self.by_priority and candidate.priority < victim.priority
+        # The victim goes back to the queue: if aging puts it ahead of the candidate, it would be admitted
+        # again in the candidate's place, and preempting it would only cost its recompute.
+        return (self.by_priority and candidate.priority < victim.priority
+                and self.waiting_key(candidate) < self.waiting_key(victim))
 
     def offline_token_room(self, budget: int, online_tokens: int, online_present: bool) -> int:
         """Tokens offline requests may use in a step whose online requests use `online_tokens`."""

@@ -220,3 +220,13 @@ def test_bad_policy_settings_are_refused_with_the_reason():
         SamplingParams(priority="high")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="service_class must be one of online, offline"):
         SamplingParams(service_class="batch")
+
+
+def test_an_urgent_arrival_does_not_preempt_a_request_that_aging_would_readmit_first():
+    sched = scheduler(max_num_seqs=1, priority_aging_s=10.0)
+    sched.add_request(request("old", priority=0, arrival=0.0, max_tokens=50))
+    step(sched)
+    # 30 s later an urgent request: by aging the old one (three levels gained) still comes first.
+    sched.add_request(request("urgent", priority=-1, arrival=30.0))
+    out = sched.schedule()
+    assert not out.preempted and [s.request.request_id for s in out.scheduled] == ["old"]
