@@ -5,7 +5,10 @@ exactly these) and the sequence's KV cache; at the machine's memory bandwidth th
 second. The bandwidth is measured with torch on --threads threads: a read (sum over a buffer far larger than
 the caches) and a copy (read plus write).
 
-    .venv/bin/python benchmarks/decode_ceiling.py [--threads 2] [--buffer-mib 1024] [--tokens 128] [--json PATH]
+    .venv/bin/python benchmarks/decode_ceiling.py [--threads 2] [--buffer-mib 1024] [--tokens 128] [--llamacpp]
+        [--json PATH]
+
+--llamacpp also measures llama.cpp (llama-cpp-python from `make peers`) on the same file and threads.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ import torch
 from fleetserve.engine.llm import LLM
 from fleetserve.model.loader import default_gguf_path
 
-from engine_batch1 import ours
+from engine_batch1 import llamacpp_decode, ours
 
 
 def best_seconds(work, repeats: int) -> float:
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--buffer-mib", type=int, default=1024)
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--llamacpp", action="store_true", help="also llama.cpp's decode speed and share")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -69,6 +73,9 @@ def main() -> None:
               "prompt_tokens": len(prompt), "decode_tokens": args.tokens, "step_bytes": round(step_bytes),
               "ceiling_tok_s": round(ceiling, 1), "fleetserve_tok_s": round(engine, 1),
               "fleetserve_share_of_ceiling": round(engine / ceiling, 3)}
+    if args.llamacpp:
+        peer = llamacpp_decode(str(default_gguf_path()), prompt, args.tokens, args.threads)
+        result.update(llamacpp_tok_s=round(peer, 1), llamacpp_share_of_ceiling=round(peer / ceiling, 3))
     print(json.dumps(result, indent=2))
     if args.json:
         open(args.json, "w").write(json.dumps(result, indent=2) + "\n")

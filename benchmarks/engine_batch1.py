@@ -1,6 +1,7 @@
-"""Batch-1 decode speed: fleetserve against transformers, same weights and dtype, in one run.
+"""Batch-1 decode speed: fleetserve against a peer in one run: transformers (same weights and dtype) or
+llama.cpp (llama-cpp-python from `make peers`, the same GGUF file, the same thread count).
 
-    .venv/bin/python benchmarks/engine_batch1.py [--tokens 128] [--json PATH]
+    .venv/bin/python benchmarks/engine_batch1.py [--peer hf|llamacpp] [--tokens 128] [--json PATH]
 """
 from __future__ import annotations
 
@@ -37,8 +38,28 @@ def transformers_decode(model_path: str, dtype: torch.dtype, prompt: list[int], 
     return (tokens - 1) / (timed(tokens) - one)
 
 
+def llamacpp_decode(gguf_path: str, prompt: list[int], tokens: int, threads: int) -> float:
+    """Greedy decode speed of llama.cpp from its first token to its last (end of sequence never stops it)."""
+    from llama_cpp import Llama
+    llm = Llama(model_path=gguf_path, n_ctx=len(prompt) + tokens + 8, n_threads=threads, n_batch=512,
+                verbose=False)
+
+    def token_times(count: int) -> list[float]:
+        times: list[float] = []
+        for _ in llm.generate(prompt, temp=0.0, reset=True):
+            times.append(time.perf_counter())
+            if len(times) == count:
+                break
+        return times
+
+    token_times(8)
+    times = token_times(tokens)
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--peer", choices=["hf", "llamacpp"], default="hf")
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
@@ -48,9 +69,14 @@ def main() -> None:
     result = {"threads": torch.get_num_threads(), "dtype": str(llm.engine.dtype),
               "kv_cache_dtype": str(llm.engine.kv_cache_dtype), "tokens": args.tokens,
               "fleetserve_tok_s": round(ours(llm, prompt, args.tokens), 1)}
-    result["transformers_tok_s"] = round(transformers_decode(str(llm.engine.model_path), llm.engine.dtype, prompt,
-                                                             args.tokens), 1)
-    result["ratio"] = round(result["fleetserve_tok_s"] / result["transformers_tok_s"], 2)
+    if args.peer == "hf":
+        peer = "transformers_tok_s"
+        result[peer] = round(transformers_decode(str(llm.engine.model_path), llm.engine.dtype, prompt, args.tokens), 1)
+    else:
+        from fleetserve.model.loader import default_gguf_path
+        peer = "llamacpp_tok_s"
+        result[peer] = round(llamacpp_decode(str(default_gguf_path()), prompt, args.tokens, torch.get_num_threads()), 1)
+    result["ratio"] = round(result["fleetserve_tok_s"] / result[peer], 2)
     print(json.dumps(result, indent=2))
     if args.json:
         open(args.json, "w").write(json.dumps(result, indent=2))
