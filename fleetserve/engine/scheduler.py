@@ -13,14 +13,14 @@ policy leaves; the newest offline request is preempted first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from fleetserve.engine.admission import RequestRefused, kv_cache_refusal
 from fleetserve.engine.decode_run import DecodeRun, advance_decode_run, plan_decode_run
-from fleetserve.engine.kv_cache import KVCacheManager
+from fleetserve.engine.kv_cache import KVBlock, KVCacheManager
 from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
-from fleetserve.engine.waiting_queue import WaitingQueue
+from fleetserve.engine.waiting_queue import WaitingQueue, remove_identical
 
 
 @dataclass
@@ -189,12 +189,11 @@ class Scheduler:
             room -= admitted.num_tokens
         return room
 
-    def _allocate_offline(self, request: Request, num_new: int, computed_blocks: list | None = None) -> bool:
+    def _allocate_offline(self, request: Request, num_new: int, computed_blocks: Sequence[KVBlock] = ()) -> bool:
         kv = self.kv_cache
-        taken = kv.free_blocks_taken(request, num_new, computed_blocks or ())
-        if kv.num_free_blocks - taken < self.offline_kv_reserve:
+        if kv.num_free_blocks - kv.free_blocks_taken(request, num_new, computed_blocks) < self.offline_kv_reserve:
             return False
-        return kv.allocate_slots(request, num_new, computed_blocks or ())
+        return kv.allocate_slots(request, num_new, computed_blocks)
 
     def _victim_index(self) -> int:
         """Where the running request to preempt first is: the newest of the offline ones if any run, else of
@@ -370,20 +369,10 @@ class Scheduler:
         return ended
 
     def _remove(self, request: Request) -> None:
-        # By identity: Request is a dataclass, so `in` and `remove` would compare every field of every
-        # other request; ids are unique here, so identity and equality agree.
-        if (_remove_identical(self.running, request) or self.waiting.remove(request)) and request.offline:
+        if (remove_identical(self.running, request) or self.waiting.remove(request)) and request.offline:
             self.num_offline -= 1
         self.kv_cache.free(request)
         self.requests.pop(request.request_id, None)
-
-
-def _remove_identical(requests: list[Request], request: Request) -> bool:
-    for index, other in enumerate(requests):
-        if other is request:
-            del requests[index]
-            return True
-    return False
 
 
 def _unschedule(scheduled: list[ScheduledRequest], request: Request) -> int:

@@ -15,6 +15,16 @@ from fleetserve.engine.request import Request
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 
 
+def remove_identical(requests: list[Request] | deque[Request], request: Request) -> bool:
+    """Take out this very request; False if it is not there. By identity: Request is a dataclass, whose ==
+    would compare every field of every other request."""
+    for index, other in enumerate(requests):
+        if other is request:
+            del requests[index]
+            return True
+    return False
+
+
 class _ArrivalLane:
     __slots__ = ("requests",)
 
@@ -40,11 +50,7 @@ class _ArrivalLane:
         self.requests.appendleft(request)
 
     def remove(self, request: Request) -> bool:
-        for index, other in enumerate(self.requests):
-            if other is request:  # identity: Request is a dataclass, whose == compares every field
-                del self.requests[index]
-                return True
-        return False
+        return remove_identical(self.requests, request)
 
 
 class _KeyedLane:

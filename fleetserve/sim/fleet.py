@@ -151,12 +151,11 @@ class SimFleet:
         record = RequestRecord(spec.request_id, arrival.arrival_s, now, prompt_tokens=prompt,
                                service_class=spec.service_class, priority=spec.priority)
         if route.offline:
-            if self.held:  # first come, first served: behind those already held
-                self._hold(request, route, record, now)
-                return record
-            replica_id = self.offline_gate.choose(route, self.view.snapshot([], now))
+            # First come, first served: behind those already held.
+            replica_id = None if self.held else self.offline_gate.choose(route, self.view.snapshot([], now))
             if replica_id is None:
-                self._hold(request, route, record, now)
+                self.held.append(HeldRequest(request, route, record, now))
+                self.num_held += 1
             else:
                 self._dispatch(request, route, record, replica_id, now)
             return record
@@ -182,10 +181,6 @@ class SimFleet:
         if wake is not None:
             self.queue.set(index, wake)
         self.view.touched(index)
-
-    def _hold(self, request: Request, route: RouteRequest, record: RequestRecord, now: float) -> None:
-        self.held.append(HeldRequest(request, route, record, now))
-        self.num_held += 1
 
     def _release_held(self, now: float) -> None:
         """Send held offline requests on, first come first served, while a replica has room."""

@@ -23,12 +23,17 @@ def run_to_end(scheduler: Scheduler, token: int = 7, max_steps: int = 10_000) ->
 
 
 def apply_operation(scheduler: Scheduler, op: str, value: int, index: int,
-                    prompt_for: Callable[[int, int], list[int]], live: list[str], longest_output: int = 6) -> None:
+                    prompt_for: Callable[[int, int], list[int]], live: list[str], longest_output: int = 6,
+                    make: Callable[[str, list[int], int, int], Request] | None = None) -> None:
     """One operation of a random run: "add" request q{index} with prompt_for(index, value) and at most
     `longest_output` tokens (a request the scheduler refuses is left out), "step" the scheduler, or "abort"
-    one of the `live` requests."""
+    one of the `live` requests. `make(request_id, prompt, max_tokens, value)` builds the added request
+    (default: make_request)."""
     if op == "add":
-        request = make_request(f"q{index}", prompt_for(index, value), max_tokens=1 + value % longest_output)
+        max_tokens = 1 + value % longest_output
+        prompt = prompt_for(index, value)
+        request = (make(f"q{index}", prompt, max_tokens, value) if make is not None
+                   else make_request(f"q{index}", prompt, max_tokens=max_tokens))
         try:
             scheduler.add_request(request)
             live.append(request.request_id)

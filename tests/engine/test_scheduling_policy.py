@@ -16,7 +16,7 @@ from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 
 from run_checks import assert_run_matches_stepping
-from scheduler_ops import run_to_end
+from scheduler_ops import apply_operation, run_to_end
 
 
 def request(rid: str, prompt_len: int = 8, max_tokens: int = 4, priority: int = 0, offline: bool = False,
@@ -192,20 +192,16 @@ def test_runs_match_stepping_with_priorities_and_classes(operations, num_blocks,
                              policy=SchedulingPolicy(policy, 3.0, share, reserve))
     sched = Scheduler(config, KVCacheManager(num_blocks, block_size, record_events=True))
     live: list[str] = []
+
+    def prompt_for(index: int, value: int) -> list[int]:
+        return list(range(1 + value % (num_blocks * block_size // 2)))
+
+    def make(request_id: str, prompt: list[int], max_tokens: int, value: int) -> Request:
+        return request(request_id, len(prompt), max_tokens, priority=value % 3 - 1, offline=value % 4 == 0,
+                       arrival=float(request_id[1:]))
+
     for index, (op, value) in enumerate(operations):
-        if op == "add":
-            length = 1 + value % (num_blocks * block_size // 2)
-            added = request(f"q{index}", length, 1 + value % 40, priority=value % 3 - 1, offline=value % 4 == 0,
-                            arrival=float(index))
-            try:
-                sched.add_request(added)
-                live.append(added.request_id)
-            except ValueError:
-                pass
-        elif op == "step":
-            step(sched)
-        elif live:
-            sched.finish_requests([live[value % len(live)]], RequestStatus.FINISHED_ABORTED)
+        apply_operation(sched, op, value, index, prompt_for, live, longest_output=40, make=make)
     sched.kv_cache.take_events()
     for attempt in range(3):
         assert_run_matches_stepping(sched, cut + attempt)
