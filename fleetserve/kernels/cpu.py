@@ -76,6 +76,14 @@ def _load_source(source: Path, cache_dir: Path) -> ctypes.CDLL | None:
     return library
 
 
+def set_threads(count: int) -> None:
+    """Thread count for torch and for every loaded C kernel library (each has its own OpenMP setting)."""
+    torch.set_num_threads(count)
+    for library in _loaded.values():
+        if library is not None:
+            library.set_threads(count)
+
+
 def load(cache_dir: Path) -> ctypes.CDLL | None:
     """The decode-attention kernel, or None where it cannot be built."""
     return _load_source(ATTENTION_SOURCE, cache_dir)
