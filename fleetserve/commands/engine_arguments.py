@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fleetserve.commands.argument_types import positive
 from fleetserve.commands.scheduling_arguments import add_scheduling_arguments, scheduling_policy
 from fleetserve.engine.config import EngineConfig
 
@@ -25,6 +26,10 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block-size", type=int, default=EngineConfig.block_size)
     parser.add_argument("--max-num-seqs", type=int, default=EngineConfig.max_num_seqs)
     parser.add_argument("--max-num-batched-tokens", type=int, default=EngineConfig.max_num_batched_tokens)
+    parser.add_argument("--max-step-ms", type=positive(float), default=EngineConfig.max_step_ms,
+                        help="bound each step's predicted time (ms): decodes keep their pace and prompts go in "
+                        "smaller chunks; the step cost is the engine's own fit of the steps it has run "
+                        "(default: no bound)")
     parser.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)
     parser.add_argument("--no-prefix-caching", action="store_true")
     parser.add_argument("--threads", type=int, default=EngineConfig.num_threads, help="torch CPU threads")
@@ -36,6 +41,7 @@ def engine_options(args: argparse.Namespace) -> dict:
     return dict(model=args.model, cache_dir=args.cache_dir, device=args.device, dtype=args.dtype,
                 kv_cache_memory=args.kv_cache_memory, kv_cache_dtype=args.kv_cache_dtype,
                 weight_format=args.weight_format, block_size=args.block_size, max_num_seqs=args.max_num_seqs,
-                max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
+                max_num_batched_tokens=args.max_num_batched_tokens, max_step_ms=args.max_step_ms,
+                max_model_len=args.max_model_len,
                 enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
                 scheduling=scheduling_policy(args))

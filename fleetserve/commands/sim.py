@@ -144,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
                                                "max_model_len": args.max_model_len,
                                                "prefix_caching": not args.no_prefix_caching,
                                                "max_queue": args.max_queue,
-                                               "scheduling": dataclasses.asdict(replica_config.scheduling)},
+                                               "scheduling": dataclasses.asdict(replica_config.scheduling),
+                                               # absent when unset, so runs without a bound compare equal
+                                               **({"max_step_ms": args.max_step_ms} if args.max_step_ms else {})},
               "offline_gate": dataclasses.asdict(routing_options.offline_gate),
               "trace": args.trace, "trace_kind": args.trace_kind, "synthetic": args.synthetic,
               "validate": args.validate, "speedup": args.speedup, "rate": args.rate, "seed": args.seed,

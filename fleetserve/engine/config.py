@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from fleetserve.engine.scheduler import check_max_step_ms
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
@@ -34,6 +35,9 @@ class EngineConfig:
     block_size: int = 16
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 512
+    # Milliseconds a step may take, as the engine's fit of its own step times predicts: prompts go in chunks
+    # small enough that every decoding stream's next token comes within it. None: no time bound.
+    max_step_ms: float | None = None
     max_model_len: int | None = None
     max_queue: int = 1024  # waiting requests beyond which the async engine refuses new ones (HTTP 429)
     enable_prefix_caching: bool = True
@@ -44,6 +48,7 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         self.kv_cache_bytes = parse_size(self.kv_cache_memory)
+        check_max_step_ms(self.max_step_ms)
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

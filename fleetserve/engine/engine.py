@@ -26,6 +26,8 @@ from fleetserve.model.llama import LlamaModel
 from fleetserve.model.loader import TensorSource, cache_root, release_freed_memory, resolve_model
 from fleetserve.model.quantized import QuantizedMatmul
 from fleetserve.model.tokenizer import Tokenizer
+from fleetserve.perf.online_step_cost import OnlineStepCost
+from fleetserve.perf.step_shape import shape_of
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
            "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
@@ -95,8 +97,11 @@ class LLMEngine:
                              f"{bytes_per_block} bytes; give at least {2 * bytes_per_block} bytes")
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching,
                                        config.record_kv_events)
+        # Fitted to the steps as they run, only when a step-time bound asks for predictions.
+        self.step_cost = OnlineStepCost() if config.max_step_ms is not None else None
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
-                                                   self.max_model_len, policy=config.scheduling), self.kv_cache)
+                                                   self.max_model_len, policy=config.scheduling,
+                                                   max_step_ms=config.max_step_ms), self.kv_cache, self.step_cost)
         self.runner = ModelRunner(model, num_blocks, config.block_size, config.seed, self.kv_cache_dtype,
                                   cache_root(config.cache_dir))
         eos = set(self.model_config.eos_token_ids)
@@ -188,6 +193,7 @@ class LLMEngine:
     # --- stepping --------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        started = time.perf_counter()
         out = self.scheduler.schedule()
         if out.is_empty:
             return []
@@ -224,6 +230,8 @@ class LLMEngine:
                 outputs.append(self._finish(state, now, [result.token_id]))
             else:
                 outputs.append(self._delta(state, [result.token_id]))
+        if self.step_cost is not None:
+            self.step_cost.observe(shape_of(out), time.perf_counter() - started)
         return outputs
 
     def _delta(self, state: RequestState, new_ids: list[int], finished: bool = False) -> RequestOutput:

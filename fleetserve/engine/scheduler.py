@@ -5,6 +5,9 @@ prefill and decode phases. Running requests are served first, oldest first; when
 newest running request is preempted (its blocks freed, to be recomputed later) and goes back to the front
 of the queue, so the oldest requests always progress and none starves. Plain Python, no torch, no clock.
 
+With `max_step_ms`, the step's token budget is what a step-cost model predicts fits in that time beside the
+step's decodes (fleetserve.engine.step_budget): decodes keep their pace while prompts go in smaller chunks.
+
 Who goes first is the scheduling policy's (fleetserve.engine.scheduling_policy): FCFS or priority, and the
 online and offline service classes. The running list keeps online requests before offline ones, so a step
 serves the running online requests, then admits waiting online ones, then gives the offline ones what the
@@ -20,6 +23,7 @@ from fleetserve.engine.decode_run import DecodeRun, advance_decode_run, plan_dec
 from fleetserve.engine.kv_cache import KVBlock, KVCacheManager
 from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
+from fleetserve.engine.step_budget import StepCost, prompt_token_room
 from fleetserve.engine.waiting_queue import WaitingQueue, remove_identical
 
 
@@ -30,6 +34,16 @@ class SchedulerConfig:
     max_model_len: int = 2048
     long_prefill_token_threshold: int = 0
     policy: SchedulingPolicy = field(default_factory=SchedulingPolicy)
+    max_step_ms: float | None = None  # a step's predicted time bound; None: the token budget alone bounds it
+
+    def __post_init__(self) -> None:
+        check_max_step_ms(self.max_step_ms)
+
+
+def check_max_step_ms(value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"max_step_ms must be > 0 (the milliseconds a step may take), got {value!r}; "
+                         f"leave it unset for no time bound")
 
 
 @dataclass(slots=True)
@@ -56,9 +70,13 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager) -> None:
+    def __init__(self, config: SchedulerConfig, kv_cache: KVCacheManager, step_cost: StepCost | None = None) -> None:
+        if config.max_step_ms is not None and step_cost is None:
+            raise ValueError(f"max_step_ms={config.max_step_ms} needs a step-cost model to predict step times; "
+                             f"pass step_cost")
         self.config = config
         self.kv_cache = kv_cache
+        self.step_cost = step_cost
         self.policy = config.policy
         self.waiting = WaitingQueue(config.policy)
         self.running: list[Request] = []  # online requests first, then offline ones; each part in admission order
@@ -93,7 +111,9 @@ class Scheduler:
         out = SchedulerOutput()
         scheduled = out.scheduled
         config = self.config
-        total = config.max_num_batched_tokens
+        total = chunk_room = config.max_num_batched_tokens  # chunk_room: tokens left for prompt chunks
+        if config.max_step_ms is not None:
+            total, chunk_room = self._bounded_budget()
         budget = total
         cap = config.long_prefill_token_threshold
         allocate_slots = self.kv_cache.allocate_slots
@@ -110,11 +130,13 @@ class Scheduler:
             if request.offline:
                 break
             computed = request.num_computed_tokens
-            num_new = len(request.prompt_token_ids) + len(request.output_token_ids) - computed
+            left = num_new = len(request.prompt_token_ids) + len(request.output_token_ids) - computed
             if num_new > budget:
                 num_new = budget
             if 0 < cap < num_new:
                 num_new = cap
+            if num_new > chunk_room and left > 1:
+                num_new = chunk_room
             if num_new <= 0:
                 i += 1
                 continue
@@ -132,29 +154,52 @@ class Scheduler:
             else:
                 scheduled.append(ScheduledRequest(request, num_new, computed))
                 budget -= num_new
+                if left > 1:
+                    chunk_room -= num_new
                 i += 1
                 continue
             break
 
         if not stalled:
-            while waiting.num_online and budget > 0 and len(running) < config.max_num_seqs:
-                admitted = self.admit_next_waiting(budget, i)
+            while waiting.num_online and budget > 0 and chunk_room > 0 and len(running) < config.max_num_seqs:
+                admitted = self.admit_next_waiting(min(budget, chunk_room), i)
                 if admitted is None:
                     break
                 scheduled.append(admitted)
                 budget -= admitted.num_tokens
+                chunk_room -= admitted.num_tokens
                 i += 1
             if self.num_offline and budget > 0:
                 online_present = i > 0 or waiting.num_online > 0
                 room = min(budget, self.policy.offline_token_room(total, total - budget, online_present))
-                budget -= room - self._schedule_offline(out, i, room)
+                budget -= room - self._schedule_offline(out, i, room, chunk_room)
 
         out.num_batched_tokens = total - budget
         return out
 
-    def _schedule_offline(self, out: SchedulerOutput, first: int, room: int) -> int:
+    def _bounded_budget(self) -> tuple[int, int]:
+        """(the step's token budget, the tokens of it for prompt chunks) under `max_step_ms`: every decode of
+        the running requests, and the prompt tokens the step-cost model predicts fit beside them."""
+        decodes = context = 0
+        prefill_cached = -1  # the computed tokens of the first running request still in its prompt
+        for request in self.running:
+            done = request.num_computed_tokens
+            if len(request.prompt_token_ids) + len(request.output_token_ids) - done == 1:
+                decodes += 1
+                context += done + 1
+            elif prefill_cached < 0:
+                prefill_cached = done
+        config = self.config
+        assert self.step_cost is not None and config.max_step_ms is not None
+        cap = config.max_num_batched_tokens
+        chunk_room = prompt_token_room(self.step_cost, config.max_step_ms / 1000, decodes, context,
+                                       max(prefill_cached, 0), cap - decodes, self.kv_cache.block_size)
+        return min(cap, decodes + chunk_room), chunk_room
+
+    def _schedule_offline(self, out: SchedulerOutput, first: int, room: int, chunk_room: int) -> int:
         """Serve the running offline requests (from index `first`), then admit waiting offline ones, within
-        `room` tokens and the blocks the online reserve leaves; returns the tokens left."""
+        `room` tokens (`chunk_room` of them for prompt chunks) and the blocks the online reserve leaves;
+        returns the tokens left."""
         scheduled = out.scheduled
         running = self.running
         cap = self.config.long_prefill_token_threshold
@@ -162,9 +207,12 @@ class Scheduler:
         while i < len(running) and room > 0:
             request = running[i]
             computed = request.num_computed_tokens
-            num_new = min(request.num_tokens - computed, room)
+            left = request.num_tokens - computed
+            num_new = min(left, room)
             if 0 < cap < num_new:
                 num_new = cap
+            if num_new > chunk_room and left > 1:
+                num_new = chunk_room
             if num_new <= 0:
                 i += 1
                 continue
@@ -180,13 +228,17 @@ class Scheduler:
                     i -= 1
             scheduled.append(ScheduledRequest(request, num_new, computed))
             room -= num_new
+            if left > 1:
+                chunk_room -= num_new
             i += 1
-        while self.waiting and not self.waiting.num_online and room > 0 and len(running) < self.config.max_num_seqs:
-            admitted = self.admit_next_waiting(room, len(running))
+        while (self.waiting and not self.waiting.num_online and room > 0 and chunk_room > 0
+               and len(running) < self.config.max_num_seqs):
+            admitted = self.admit_next_waiting(min(room, chunk_room), len(running))
             if admitted is None:
                 break
             scheduled.append(admitted)
             room -= admitted.num_tokens
+            chunk_room -= admitted.num_tokens
         return room
 
     def _allocate_offline(self, request: Request, num_new: int, computed_blocks: Sequence[KVBlock] = ()) -> bool:
@@ -261,11 +313,14 @@ class Scheduler:
         begun here as `schedule` begins it, when that step is simple enough (see `_begin_admission_step`)."""
         config = self.config
         running = self.running
+        bounded = config.max_step_ms is not None
+        if bounded and not self._bounded_run_possible():
+            return None
         if self.waiting:
             if self.num_offline:
                 return None
             if len(running) < config.max_num_seqs:
-                if not self._begin_admission_step():
+                if bounded or not self._begin_admission_step():
                     return None
             elif self.policy.by_priority and self.policy.outranks(self.waiting.first(), running[self._victim_index()]):
                 return None
@@ -288,6 +343,16 @@ class Scheduler:
             request.status = RequestStatus.FINISHED_LENGTH
             self._remove(request)
         return finished
+
+    def _bounded_run_possible(self) -> bool:
+        """Under `max_step_ms` a run is planned only of online decodes alone: each step serves them all, as
+        `schedule` does whatever the bound, while a prompt chunk's or the offline room's size would change
+        from step to step with the decodes' growing context."""
+        running = self.running
+        if self.num_offline or not running:
+            return False
+        newest = running[-1]
+        return len(newest.prompt_token_ids) + len(newest.output_token_ids) - newest.num_computed_tokens == 1
 
     def _begin_admission_step(self) -> bool:
         """Begin the step that admits the one waiting request as `schedule` begins it (each running request's

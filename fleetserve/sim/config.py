@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleetserve.engine.config import EngineConfig
-from fleetserve.engine.scheduler import SchedulerConfig
+from fleetserve.engine.scheduler import SchedulerConfig, check_max_step_ms
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 
 _ENGINE_DEFAULTS = EngineConfig()
@@ -24,17 +24,20 @@ class ReplicaConfig:
     enable_prefix_caching: bool = _ENGINE_DEFAULTS.enable_prefix_caching
     max_queue: int = DEFAULT_MAX_QUEUE  # waiting requests beyond which a replica answers 429
     scheduling: SchedulingPolicy = _ENGINE_DEFAULTS.scheduling  # priorities and service classes
+    max_step_ms: float | None = _ENGINE_DEFAULTS.max_step_ms  # predicted by the replica's performance model
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_max_step_ms(self.max_step_ms)
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
 
     def scheduler_config(self, model_max_len: int) -> SchedulerConfig:
         max_len = min(self.max_model_len or model_max_len, model_max_len)
-        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_len, policy=self.scheduling)
+        return SchedulerConfig(self.max_num_seqs, self.max_num_batched_tokens, max_len, policy=self.scheduling,
+                               max_step_ms=self.max_step_ms)
 
 
 PREFIX_VIEWS = ("events", "perfect")

@@ -42,7 +42,7 @@ class SimReplica:
         self.config = config
         self.options = options or SimOptions()
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(config.scheduler_config(model_max_len), self.kv)
+        self.scheduler = Scheduler(config.scheduler_config(model_max_len), self.kv, perf)
         self.router = Replica(replica_id, f"sim://{replica_id}", weight=weight, block_size=config.block_size,
                               healthy=True, pool=hardware_name)
         self.tracked: dict[str, TrackedRequest] = {}
