@@ -19,6 +19,7 @@ from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.runner import ModelRunner
 from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
+from fleetserve.engine.thread_policy import ThreadPolicy
 from fleetserve.kernels import cpu as cpu_kernels
 from fleetserve.model.config import ModelConfig
 from fleetserve.model.gguf_blocks import QuantizedWeight, read_blocks
@@ -74,8 +75,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig | None = None, **overrides) -> None:
         config = config or EngineConfig(**overrides)
         self.config = config
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
+        self.thread_policy = ThreadPolicy(config.num_threads, cpu_kernels.set_threads)
         self.model_path = resolve_model(config.model, config.cache_dir)
         self.model_name = config.model or self.model_path.name
         self.model_config = ModelConfig.from_file(self.model_path / "config.json")
@@ -85,7 +85,8 @@ class LLMEngine:
                                  self.model_config.max_position_embeddings)
         model = LlamaModel(self.model_config, self.dtype, self.device)
         quantized, quantized_matmul = self._quantized_weights(config)
-        model.load_weights(TensorSource(self.model_path), quantized, quantized_matmul)
+        decode_layers = cpu_kernels.load_decode_layers(cache_root(config.cache_dir)) if quantized_matmul else None
+        model.load_weights(TensorSource(self.model_path), quantized, quantized_matmul, decode_layers)
         self.weight_format = "gguf" if quantized_matmul is not None else "dense"
         release_freed_memory()
         self.model = model
@@ -202,6 +203,7 @@ class LLMEngine:
             metrics = self.states[item.request.request_id].metrics
             if metrics.first_scheduled_time is None:
                 metrics.first_scheduled_time = now
+        self.thread_policy.before_step()
         results = self.runner.execute(out, self.kv_cache)
         sampled = {rid: r.token_id for rid, r in results.items()}
         finished = {r.request_id for r in self.scheduler.update_from_output(out, sampled)}

@@ -16,6 +16,7 @@ import torch
 KERNELS = Path(__file__).parent
 ATTENTION_SOURCE = KERNELS / "paged_attention_cpu.c"
 QUANTIZED_SOURCE = KERNELS / "quantized_matmul_cpu.c"
+DECODE_LAYERS_SOURCE = KERNELS / "decode_layers_cpu.c"  # includes the two above
 # -ffp-contract=off: dequantizing must round d*q and +m separately, exactly as the gguf package does.
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffp-contract=off", "-fopenmp", "-fPIC", "-shared"]
 _loaded: dict[Path, ctypes.CDLL | None] = {}
@@ -29,6 +30,9 @@ _SIGNATURES: dict[Path, dict[str, tuple[Any, list[Any]]]] = {
         "dequantize_rows": (_I, [_I, _P, _I, _P, _I, _P]),
         "quantized_matmul": (_I, [_I, _P, _I, _I, _P, _I, _P, _P]),
         "fused_max_rows": (_I, []),
+    },
+    DECODE_LAYERS_SOURCE: {
+        "decode_layers": (_I, [_P, _P, _P, _P, _I, _P, _P, _P, _I, _P]),
     },
 }
 
@@ -58,7 +62,8 @@ def _load_source(source: Path, cache_dir: Path) -> ctypes.CDLL | None:
     if os.environ.get("FLEETSERVE_NO_C_KERNELS"):
         return None
     # -march=native code must not travel to another CPU through a shared cache folder.
-    digest = hashlib.sha256(source.read_bytes() + " ".join(_FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]
+    sources = b"".join(path.read_bytes() for path in sorted(KERNELS.glob("*.c")))  # a source may include another
+    digest = hashlib.sha256(sources + " ".join(_FLAGS).encode() + _cpu_flags().encode()).hexdigest()[:16]
     target = cache_dir / "kernels" / f"{source.stem}-{digest}.so"
     try:
         if not target.exists():
@@ -92,6 +97,11 @@ def load(cache_dir: Path) -> ctypes.CDLL | None:
 def load_quantized(cache_dir: Path) -> ctypes.CDLL | None:
     """The GGUF-block matmul kernels, or None where they cannot be built."""
     return _load_source(QUANTIZED_SOURCE, cache_dir)
+
+
+def load_decode_layers(cache_dir: Path) -> ctypes.CDLL | None:
+    """The whole-layer decode step, or None where it cannot be built."""
+    return _load_source(DECODE_LAYERS_SOURCE, cache_dir)
 
 
 def paged_decode_attention(library: ctypes.CDLL, q: torch.Tensor, kv_cache: torch.Tensor,

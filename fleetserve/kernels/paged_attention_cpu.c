@@ -101,11 +101,13 @@ static inline void axpy(float *y, float a, const float *x, int d) {
     for (; i < d; i++) y[i] += a * x[i];
 }
 
+#ifndef KERNELS_SHARE_SET_THREADS /* decode_layers_cpu.c includes this file after quantized_matmul_cpu.c */
 void set_threads(int n) {
 #ifdef _OPENMP
     omp_set_num_threads(n);
 #endif
 }
+#endif
 
 void paged_decode_attention(const float *q, const void *kv, const int64_t *block_tables, const int64_t *seq_lens,
                             float *out, int batch, int heads, int kv_heads, int head_dim, int block_size,

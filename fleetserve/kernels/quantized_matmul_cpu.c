@@ -154,37 +154,92 @@ static inline float hsum(__m256 v) {
     return sum8(buf);
 }
 
-/* Up to FUSED_ROWS input rows: each block is dequantized into registers and used at once, no buffer. */
+/* Up to FUSED_ROWS input rows: each block is read once and used at once, no buffer. The block's scale
+ * multiplies the sum of x * q over the block (and a Q4_1 block adds its offset times the sum of x), so a
+ * block costs one chained add per row: consecutive blocks' products overlap instead of queueing on one
+ * accumulator. x_sums holds each row's per-block sums of x (Q4_1 only). */
 #define FUSED_ROWS 8
-INLINE void column_fused(const int type, const int rows, const uint8_t *row, int k, const float *x, float *y,
-                         int n_stride) {
-    __m256 acc[FUSED_ROWS];
-    for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
-    const int bytes = block_bytes(type);
-    for (int b = 0; b < k / QK; b++) {
-        __m256 w[4];
-        dequantize_block_regs(type, row + (size_t)b * bytes, w);
-        for (int r = 0; r < rows; r++)
-            for (int i = 0; i < 4; i++)
-                acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(x + (size_t)r * k + b * QK + 8 * i), w[i], acc[r]);
+INLINE void block_quants(const int type, const uint8_t *block, __m256 q[4]) {
+    if (type == TYPE_Q8_0) {
+        for (int i = 0; i < 4; i++)
+            q[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(block + 2 + 8 * i))));
+        return;
     }
-    for (int r = 0; r < rows; r++) y[(size_t)r * n_stride] = hsum(acc[r]);
+    /* Widening bytes to 32-bit lanes first leaves the high nibble alone above bit 3: one shift, no mask. */
+    const uint8_t *qs = block + (type == TYPE_Q4_1 ? 4 : 2);
+    const __m256i first = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    const __m256i second = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    const __m256i mask = _mm256_set1_epi32(0x0f);
+    __m256i v[4] = {_mm256_and_si256(first, mask), _mm256_and_si256(second, mask), _mm256_srli_epi32(first, 4),
+                    _mm256_srli_epi32(second, 4)};
+    for (int i = 0; i < 4; i++) {
+        if (type == TYPE_Q4_0) v[i] = _mm256_sub_epi32(v[i], _mm256_set1_epi32(8));
+        q[i] = _mm256_cvtepi32_ps(v[i]);
+    }
+}
+
+INLINE __m256 block_dot(const __m256 q[4], const float *xb) {
+    __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(xb), q[0]);
+    __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(xb + 8), q[1]);
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 16), q[2], s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 24), q[3], s1);
+    return _mm256_add_ps(s0, s1);
+}
+
+/* Blocks b and b+1 go to separate accumulators (constant indices keep them in registers). */
+INLINE void column_fused(const int type, const int rows, const uint8_t *row, int k, const float *x,
+                         const float *x_sums, float *y, int n_stride) {
+    __m256 even[FUSED_ROWS], odd[FUSED_ROWS];
+    float offsets[FUSED_ROWS];
+    for (int r = 0; r < rows; r++) {
+        even[r] = odd[r] = _mm256_setzero_ps();
+        offsets[r] = 0.0f;
+    }
+    const int bytes = block_bytes(type), blocks = k / QK;
+    int b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+        const uint8_t *first = row + (size_t)b * bytes, *second = first + bytes;
+        __m256 q0[4], q1[4];
+        block_quants(type, first, q0);
+        block_quants(type, second, q1);
+        const __m256 d0 = _mm256_set1_ps(half_to_float(first)), d1 = _mm256_set1_ps(half_to_float(second));
+        for (int r = 0; r < rows; r++) {
+            const float *xb = x + (size_t)r * k + b * QK;
+            even[r] = _mm256_fmadd_ps(d0, block_dot(q0, xb), even[r]);
+            odd[r] = _mm256_fmadd_ps(d1, block_dot(q1, xb + QK), odd[r]);
+            if (type == TYPE_Q4_1) {
+                const float *sums = x_sums + (size_t)r * blocks + b;
+                offsets[r] += half_to_float(first + 2) * sums[0] + half_to_float(second + 2) * sums[1];
+            }
+        }
+    }
+    if (b < blocks) {
+        const uint8_t *block = row + (size_t)b * bytes;
+        __m256 q[4];
+        block_quants(type, block, q);
+        const __m256 d = _mm256_set1_ps(half_to_float(block));
+        for (int r = 0; r < rows; r++) {
+            even[r] = _mm256_fmadd_ps(d, block_dot(q, x + (size_t)r * k + b * QK), even[r]);
+            if (type == TYPE_Q4_1) offsets[r] += half_to_float(block + 2) * x_sums[(size_t)r * blocks + b];
+        }
+    }
+    for (int r = 0; r < rows; r++) y[(size_t)r * n_stride] = hsum(_mm256_add_ps(even[r], odd[r])) + offsets[r];
 }
 
 #define FUSED_CASE(T)                                                                                      \
     case T:                                                                                                \
         switch (rows) {                                                                                    \
-        case 1: column_fused(T, 1, row, k, x, y, n_stride); return;                                       \
-        case 2: column_fused(T, 2, row, k, x, y, n_stride); return;                                       \
-        case 3: column_fused(T, 3, row, k, x, y, n_stride); return;                                       \
-        case 4: column_fused(T, 4, row, k, x, y, n_stride); return;                                       \
-        case 5: column_fused(T, 5, row, k, x, y, n_stride); return;                                       \
-        case 6: column_fused(T, 6, row, k, x, y, n_stride); return;                                       \
-        case 7: column_fused(T, 7, row, k, x, y, n_stride); return;                                       \
-        default: column_fused(T, 8, row, k, x, y, n_stride); return;                                      \
+        case 1: column_fused(T, 1, row, k, x, x_sums, y, n_stride); return;                                       \
+        case 2: column_fused(T, 2, row, k, x, x_sums, y, n_stride); return;                                       \
+        case 3: column_fused(T, 3, row, k, x, x_sums, y, n_stride); return;                                       \
+        case 4: column_fused(T, 4, row, k, x, x_sums, y, n_stride); return;                                       \
+        case 5: column_fused(T, 5, row, k, x, x_sums, y, n_stride); return;                                       \
+        case 6: column_fused(T, 6, row, k, x, x_sums, y, n_stride); return;                                       \
+        case 7: column_fused(T, 7, row, k, x, x_sums, y, n_stride); return;                                       \
+        default: column_fused(T, 8, row, k, x, x_sums, y, n_stride); return;                                      \
         }
-static void column_fused_any(int type, int rows, const uint8_t *row, int k, const float *x, float *y,
-                             int n_stride) {
+static void column_fused_any(int type, int rows, const uint8_t *row, int k, const float *x, const float *x_sums,
+                             float *y, int n_stride) {
     switch (type) {
         FUSED_CASE(TYPE_Q4_0)
         FUSED_CASE(TYPE_Q4_1)
@@ -220,9 +275,9 @@ INLINE void tile_columns(const int lanes, const float *xt, int stride, int k, co
 }
 #else
 #define FUSED_ROWS 0
-static void column_fused_any(int type, int rows, const uint8_t *row, int k, const float *x, float *y,
-                             int n_stride) {
-    (void)type; (void)rows; (void)row; (void)k; (void)x; (void)y; (void)n_stride;
+static void column_fused_any(int type, int rows, const uint8_t *row, int k, const float *x, const float *x_sums,
+                             float *y, int n_stride) {
+    (void)type; (void)rows; (void)row; (void)k; (void)x; (void)x_sums; (void)y; (void)n_stride;
 }
 
 #endif
@@ -230,11 +285,16 @@ static void column_fused_any(int type, int rows, const uint8_t *row, int k, cons
 INLINE void matmul_of(const int type, const float *x, int m, int k, const uint8_t *weight, int n, float *y) {
     const size_t row_bytes = (size_t)(k / QK) * block_bytes(type);
     if (m <= FUSED_ROWS) {
+        const int blocks = k / QK;
+        float *x_sums = malloc(sizeof(float) * (size_t)(m * blocks + 1));
+        for (int i = 0; i < m * blocks; i++) x_sums[i] = sum8(x + (size_t)i * QK) + sum8(x + (size_t)i * QK + 8)
+                                                         + sum8(x + (size_t)i * QK + 16) + sum8(x + (size_t)i * QK + 24);
 #pragma omp parallel for schedule(static)
         for (int col = 0; col < n; col++) {
             const uint8_t *row = weight + (size_t)col * row_bytes;
-            column_fused_any(type, m, row, k, x, y + col, n);
+            column_fused_any(type, m, row, k, x, x_sums, y + col, n);
         }
+        free(x_sums);
         return;
     }
 #ifdef USE_AVX2

@@ -5,6 +5,7 @@ Hugging Face implementation (norms in fp32, rotary in the model dtype) so greedy
 """
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import Mapping
 
@@ -14,6 +15,7 @@ from torch import nn
 
 from fleetserve.model.attention import AttentionMetadata, paged_attention, write_kv
 from fleetserve.model.config import ModelConfig
+from fleetserve.model.fused_decode import FusedDecode
 from fleetserve.model.gguf_blocks import QuantizedWeight
 from fleetserve.model.quantized import QuantizedMatmul
 
@@ -59,11 +61,13 @@ class LlamaModel(nn.Module):
         self.register_buffer("sin", freqs.sin().to(dtype=dtype, device=device), persistent=False)
         self.weights: dict[str, torch.Tensor | QuantizedWeight] = {}
         self.quantized_matmul: QuantizedMatmul | None = None
+        self.fused_decode: FusedDecode | None = None
 
     def load_weights(self, tensors: Mapping[str, torch.Tensor], quantized: Mapping[str, QuantizedWeight] | None = None,
-                     quantized_matmul: QuantizedMatmul | None = None) -> None:
+                     quantized_matmul: QuantizedMatmul | None = None, decode_layers: ctypes.CDLL | None = None) -> None:
         """Take Hugging Face-named tensors and keep them fused, in the run dtype, on the device. Matrices
-        found in `quantized` (GGUF blocks) stay in their blocks when a `quantized_matmul` is given."""
+        found in `quantized` (GGUF blocks) stay in their blocks when a `quantized_matmul` is given; with the
+        `decode_layers` kernel library too, decode-only steps run every layer in one call."""
         c = self.config
         quantized = quantized if quantized_matmul is not None else {}
         self.quantized_matmul = quantized_matmul
@@ -105,6 +109,9 @@ class LlamaModel(nn.Module):
             w[p + "input_norm"] = take(p + "input_layernorm.weight")
             w[p + "post_norm"] = take(p + "post_attention_layernorm.weight")
         self.weights = w
+        self.fused_decode = None
+        if decode_layers is not None and self.dtype == torch.float32 and FusedDecode.supports(w, c):
+            self.fused_decode = FusedDecode(decode_layers, c, w, self.cos, self.sin)
 
     def linear(self, x: torch.Tensor, name: str, bias: torch.Tensor | None = None) -> torch.Tensor:
         weight = self.weights[name]
@@ -128,6 +135,8 @@ class LlamaModel(nn.Module):
         embed = w["embed"]
         x = (self.quantized_matmul.embedding(input_ids, embed) if isinstance(embed, QuantizedWeight)
              else F.embedding(input_ids, embed))
+        if self.fused_decode is not None and self.fused_decode.applies(kv_caches, meta):
+            return rms_norm(self.fused_decode(x, positions, kv_caches, meta), w["norm"], c.rms_norm_eps)
         t = x.shape[0]
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."
