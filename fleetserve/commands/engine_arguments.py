@@ -32,8 +32,23 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: no bound)")
     parser.add_argument("--max-model-len", type=int, default=EngineConfig.max_model_len)
     parser.add_argument("--no-prefix-caching", action="store_true")
-    parser.add_argument("--threads", type=int, default=EngineConfig.num_threads, help="torch CPU threads")
+    parser.add_argument("--threads", type=thread_count, default=EngineConfig.num_threads,
+                        help="CPU threads: auto (default) runs one per core that other processes leave free, "
+                        "re-read every second between steps; a number fixes the count")
     add_scheduling_arguments(parser)
+
+
+def thread_count(text: str) -> int | None:
+    """`--threads`: 'auto' (None) or a whole number of at least one."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be auto or a whole number of threads >= 1, got {text!r}")
+    return count
 
 
 def engine_options(args: argparse.Namespace) -> dict:

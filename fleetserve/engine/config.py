@@ -42,13 +42,15 @@ class EngineConfig:
     max_queue: int = 1024  # waiting requests beyond which the async engine refuses new ones (HTTP 429)
     enable_prefix_caching: bool = True
     record_kv_events: bool = False
-    num_threads: int | None = None
+    num_threads: int | None = None  # None: auto, one per core other processes leave free (engine/thread_policy.py)
     seed: int = 0
     scheduling: SchedulingPolicy = field(default_factory=SchedulingPolicy)  # priorities and service classes
 
     def __post_init__(self) -> None:
         self.kv_cache_bytes = parse_size(self.kv_cache_memory)
         check_max_step_ms(self.max_step_ms)
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1, or None to adapt to the free cores, got {self.num_threads}")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_queue"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
