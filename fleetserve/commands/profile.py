@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if args.max_step_ms is not None:
+        raise ValueError(f"--max-step-ms {args.max_step_ms} cannot be profiled: the profile times the batch shapes "
+                         f"of its grid, which a step-time bound would cut into other chunks; leave it out")
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {args.out!r} is a folder; give a file path")

@@ -20,3 +20,17 @@ def test_a_bounded_engine_chunks_prompts_and_gives_the_same_tokens(llm, chat_pro
     cost = bounded.engine.step_cost
     assert cost is not None and cost.num_observed >= sum(len(p) for p in chat_prompts) // 16 + 15
     assert cost.step_time(StepShape(0, 1, 100)) > 0.001
+
+
+@pytest.mark.parametrize("command", ["serve", "generate"])
+def test_a_bound_that_is_not_positive_is_a_clear_error(command, capsys):
+    from fleetserve.cli import main
+    with pytest.raises(SystemExit):
+        main([command, "--max-step-ms", "0"])
+    assert "--max-step-ms: must be a positive" in capsys.readouterr().err
+
+
+def test_a_bounded_engine_is_not_profiled(capsys):
+    from fleetserve.cli import main
+    assert main(["profile", "--max-step-ms", "100"]) == 2
+    assert "cannot be profiled" in capsys.readouterr().err
