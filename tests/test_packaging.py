@@ -25,7 +25,8 @@ from fleetserve.model.loader import cache_root
 print(json.dumps({"fleetserve": fleetserve.__file__, "path": sys.path,
                   "kernel_sources": sorted(path.name for path in kernels.KERNELS.glob("*.c")),
                   "attention_kernel": kernels.load(cache_root()) is not None,
-                  "quantized_kernels": kernels.load_quantized(cache_root()) is not None}))
+                  "quantized_kernels": kernels.load_quantized(cache_root()) is not None,
+                  "decode_layers_kernel": kernels.load_decode_layers(cache_root()) is not None}))
 """
 
 
@@ -135,8 +136,8 @@ def test_wheel_in_a_fresh_venv_generates_with_the_c_kernels(wheel: Path, tmp_pat
 
     assert Path(found["fleetserve"]).is_relative_to(installed)
     assert ROOT not in {(outside / entry).resolve() for entry in found["path"]}
-    assert found["kernel_sources"] == ["paged_attention_cpu.c", "quantized_matmul_cpu.c"]
-    assert found["attention_kernel"] and found["quantized_kernels"]
-    # The generate run compiled both kernels into the new cache, and wrote nothing into the installed package.
-    assert built == ["paged_attention_cpu", "quantized_matmul_cpu"]
+    assert found["kernel_sources"] == ["decode_layers_cpu.c", "paged_attention_cpu.c", "quantized_matmul_cpu.c"]
+    assert found["attention_kernel"] and found["quantized_kernels"] and found["decode_layers_kernel"]
+    # The generate run compiled every kernel into the new cache, and wrote nothing into the installed package.
+    assert built == ["decode_layers_cpu", "paged_attention_cpu", "quantized_matmul_cpu"]
     assert _tree_listing(installed) == before
