@@ -14,6 +14,7 @@ from fleetserve.engine.admission import RequestRefused, admission_refusal
 from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.engine.kv_cache import KVCacheManager, KVEvent
+from fleetserve.engine.online_step_cost import OnlineStepCost
 from fleetserve.engine.outputs import RequestMetrics, RequestOutput, TokenLogprob
 from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.runner import ModelRunner
@@ -27,7 +28,6 @@ from fleetserve.model.llama import LlamaModel
 from fleetserve.model.loader import TensorSource, cache_root, release_freed_memory, resolve_model
 from fleetserve.model.quantized import QuantizedMatmul
 from fleetserve.model.tokenizer import Tokenizer
-from fleetserve.perf.online_step_cost import OnlineStepCost
 from fleetserve.perf.step_shape import shape_of
 
 _DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,

@@ -149,7 +149,9 @@ class Scheduler:
                     stalled = True
                     break
                 if victim_index < i:
-                    budget += _unschedule(scheduled, victim)
+                    tokens, chunk = _unschedule(scheduled, victim)
+                    budget += tokens
+                    chunk_room += chunk
                     i -= 1
             else:
                 scheduled.append(ScheduledRequest(request, num_new, computed))
@@ -224,7 +226,9 @@ class Scheduler:
                 if victim is request:
                     return room
                 if victim_index < i:
-                    room += _unschedule(scheduled, victim)
+                    tokens, chunk = _unschedule(scheduled, victim)
+                    room += tokens
+                    chunk_room += chunk
                     i -= 1
             scheduled.append(ScheduledRequest(request, num_new, computed))
             room -= num_new
@@ -440,10 +444,11 @@ class Scheduler:
         self.requests.pop(request.request_id, None)
 
 
-def _unschedule(scheduled: list[ScheduledRequest], request: Request) -> int:
-    """Take a preempted request's entry out of the step being built; returns the tokens it had."""
+def _unschedule(scheduled: list[ScheduledRequest], request: Request) -> tuple[int, int]:
+    """Take a preempted request's entry out of the step being built; returns the tokens it had, and the same
+    again if they were a prompt chunk (else 0)."""
     for index, item in enumerate(scheduled):
         if item.request is request:
             del scheduled[index]
-            return item.num_tokens
-    return 0
+            return item.num_tokens, item.num_tokens if request.num_tokens - item.start > 1 else 0
+    return 0, 0

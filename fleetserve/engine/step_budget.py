@@ -6,7 +6,7 @@ prompt chunks get the most tokens that the step-cost model predicts still end th
 at least `min_chunk` of them, so a prompt progresses even when the decodes alone fill the bound.
 
 The cost model is any object with `step_time(StepShape) -> float` (seconds): the simulator's performance
-model on the virtual clock, the engine's own fit of its measured steps (fleetserve.perf.online_step_cost)
+model on the virtual clock, the engine's own fit of its measured steps (fleetserve.engine.online_step_cost)
 on the wall clock.
 """
 from __future__ import annotations

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
+from fleetserve.engine.online_step_cost import COLD_START, OnlineStepCost
 from fleetserve.perf.model import StepShape
-from fleetserve.perf.online_step_cost import COLD_START, OnlineStepCost
 
 
 def linear(const: float, prefill: float, decode: float, context: float):
