@@ -3,8 +3,8 @@
 #
 #   benchmarks/itl_step_bound.sh [BOUND_MS ...]        (default: none 200 150; "none" runs without a bound)
 #
-# Replays 60 s of the Azure conversation trace at its own pace (about 4 requests/s; SPEEDUP=0.12 sends at
-# 0.12x its pace), lengths x0.25, prompts capped at 512 tokens and outputs at 64, /v1/completions, against a
+# Replays 60 s of the Azure conversation trace at its own pace (about 3 requests/s; SPEEDUP=0.25 sends at a
+# quarter of it), lengths x0.25, prompts capped at 512 tokens and outputs at 64, /v1/completions, against a
 # fresh `fleetserve serve` for each bound, holding /tmp/fleetserve-cpu.lock for the whole run. Results go to
 # $OUT/<bound>.json and .jsonl.
 set -euo pipefail
