@@ -1,12 +1,13 @@
 """Batch-1 decode speed: fleetserve against a peer in one run: transformers (same weights and dtype) or
 llama.cpp (llama-cpp-python from `make peers`, the same GGUF file, the same thread count).
 
-    .venv/bin/python benchmarks/engine_batch1.py [--peer hf|llamacpp] [--tokens 128] [--json PATH]
+    .venv/bin/python benchmarks/engine_batch1.py [--peer hf|llamacpp] [--tokens 128] [--rounds 3] [--json PATH]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -61,21 +62,30 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--peer", choices=["hf", "llamacpp"], default="hf")
     parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=3, help="alternate the engines this many times; medians")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     llm = LLM()
     prompt = llm.chat_prompt([{"role": "user", "content": "Write a long story about a lighthouse keeper."}])
     ours(llm, prompt, 8)
-    result = {"threads": torch.get_num_threads(), "dtype": str(llm.engine.dtype),
-              "kv_cache_dtype": str(llm.engine.kv_cache_dtype), "tokens": args.tokens,
-              "fleetserve_tok_s": round(ours(llm, prompt, args.tokens), 1)}
     if args.peer == "hf":
         peer = "transformers_tok_s"
-        result[peer] = round(transformers_decode(str(llm.engine.model_path), llm.engine.dtype, prompt, args.tokens), 1)
+
+        def peer_speed() -> float:
+            return transformers_decode(str(llm.engine.model_path), llm.engine.dtype, prompt, args.tokens)
     else:
         from fleetserve.model.loader import default_gguf_path
         peer = "llamacpp_tok_s"
-        result[peer] = round(llamacpp_decode(str(default_gguf_path()), prompt, args.tokens, torch.get_num_threads()), 1)
+
+        def peer_speed() -> float:
+            return llamacpp_decode(str(default_gguf_path()), prompt, args.tokens, torch.get_num_threads())
+    # The VM's speed drifts over minutes: alternating the two keeps each pair of runs side by side.
+    rounds = [(ours(llm, prompt, args.tokens), peer_speed()) for _ in range(args.rounds)]
+    result = {"threads": torch.get_num_threads(), "dtype": str(llm.engine.dtype),
+              "kv_cache_dtype": str(llm.engine.kv_cache_dtype), "tokens": args.tokens,
+              "rounds": [[round(a, 1), round(b, 1)] for a, b in rounds],
+              "fleetserve_tok_s": round(statistics.median(a for a, _ in rounds), 1),
+              peer: round(statistics.median(b for _, b in rounds), 1)}
     result["ratio"] = round(result["fleetserve_tok_s"] / result[peer], 2)
     print(json.dumps(result, indent=2))
     if args.json:
