@@ -145,3 +145,23 @@ def test_default_model_greedy_tokens_unchanged_at_batch_32(chat_prompts):
               max_num_batched_tokens=1024)
     prompts = ragged(chat_prompts, 32)
     assert greedy(llm, prompts, fused=True) == greedy(llm, prompts, fused=False)
+
+
+def test_a_failed_compile_leaves_the_kernels_unloaded(monkeypatch, tmp_path):
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert cpu_kernels.load_decode_layers(tmp_path) is None
+    assert not list(tmp_path.glob("kernels/*.so"))
+
+
+def test_without_c_kernels_the_engine_runs_the_torch_path(monkeypatch, llm, chat_prompts):
+    from fleetserve.engine.llm import LLM
+    monkeypatch.setattr(cpu_kernels, "_loaded", {})
+    monkeypatch.setenv("FLEETSERVE_NO_C_KERNELS", "1")
+    plain = LLM(dtype="float32", kv_cache_dtype="float32", kv_cache_memory="64MiB", max_num_seqs=4)
+    assert plain.engine.weight_format == "dense"
+    assert plain.engine.model.fused_decode is None and plain.engine.runner.decode_kernel is None
+    params = SamplingParams(temperature=0, max_tokens=16, ignore_eos=True)
+    prompts = chat_prompts[:2]
+    assert ([r.token_ids for r in plain.generate(prompts, params)]
+            == [r.token_ids for r in llm.generate(prompts, params)])
