@@ -14,6 +14,8 @@ import torch.nn.functional as F
 
 from fleetserve.kernels import cpu as cpu_kernels
 
+_KERNEL_CACHE_DTYPES = (torch.float32, torch.bfloat16)
+
 
 @dataclass
 class PrefillChunk:
@@ -48,7 +50,8 @@ def paged_attention(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMeta
     group = num_heads // num_kv_heads
     out = torch.empty_like(q)
     nd = meta.num_decodes
-    if nd and meta.decode_kernel is not None and q.dtype == torch.float32:
+    # The C kernel reads fp32 or bf16 caches; any other cache dtype takes the torch path below.
+    if nd and meta.decode_kernel is not None and q.dtype == torch.float32 and kv_cache.dtype in _KERNEL_CACHE_DTYPES:
         out[:nd] = cpu_kernels.paged_decode_attention(meta.decode_kernel, q[:nd].contiguous(), kv_cache,
                                                       meta.decode_block_tables, meta.decode_seq_lens, scale)
     elif nd:

@@ -41,3 +41,16 @@ def test_kernel_matches_torch_attention(kernel, cache_dtype):
 
 def test_kernel_does_not_change_floating_point_mode(kernel):
     assert 5e-324 * 1.0 != 0.0  # flush-to-zero would leak into the whole process (hypothesis relies on it)
+
+
+def test_a_cache_dtype_the_kernel_cannot_read_takes_the_torch_path(kernel):
+    generator = torch.Generator().manual_seed(1)
+    cache = torch.randn(2, 3, 8, 16, 64, generator=generator).half()
+    q = torch.randn(2, 9, 64, generator=generator)
+    tables, lens = torch.tensor([[0, 1], [2, 3]]), torch.tensor([20, 31])
+    mask = (torch.arange(32).unsqueeze(0) < lens.unsqueeze(1)).unsqueeze(1)
+    reference = paged_attention(q, cache, AttentionMetadata(torch.empty(0, dtype=torch.long), 2, tables, mask, lens),
+                                64 ** -0.5)
+    with_kernel = paged_attention(q, cache, AttentionMetadata(torch.empty(0, dtype=torch.long), 2, tables, mask, lens,
+                                                              kernel), 64 ** -0.5)
+    torch.testing.assert_close(with_kernel, reference)
