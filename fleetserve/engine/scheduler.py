@@ -23,7 +23,7 @@ from fleetserve.engine.decode_run import DecodeRun, advance_decode_run, plan_dec
 from fleetserve.engine.kv_cache import KVBlock, KVCacheManager
 from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
-from fleetserve.engine.step_budget import StepCost, prompt_token_room
+from fleetserve.engine.step_budget import StepCost, bounded_budget, check_max_step_ms
 from fleetserve.engine.waiting_queue import WaitingQueue, remove_identical
 
 
@@ -38,12 +38,6 @@ class SchedulerConfig:
 
     def __post_init__(self) -> None:
         check_max_step_ms(self.max_step_ms)
-
-
-def check_max_step_ms(value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"max_step_ms must be > 0 (the milliseconds a step may take), got {value!r}; "
-                         f"leave it unset for no time bound")
 
 
 @dataclass(slots=True)
@@ -113,7 +107,9 @@ class Scheduler:
         config = self.config
         total = chunk_room = config.max_num_batched_tokens  # chunk_room: tokens left for prompt chunks
         if config.max_step_ms is not None:
-            total, chunk_room = self._bounded_budget()
+            assert self.step_cost is not None
+            total, chunk_room = bounded_budget(self.running, self.step_cost, config.max_step_ms,
+                                               config.max_num_batched_tokens, self.kv_cache.block_size)
         budget = total
         cap = config.long_prefill_token_threshold
         allocate_slots = self.kv_cache.allocate_slots
@@ -178,25 +174,6 @@ class Scheduler:
 
         out.num_batched_tokens = total - budget
         return out
-
-    def _bounded_budget(self) -> tuple[int, int]:
-        """(the step's token budget, the tokens of it for prompt chunks) under `max_step_ms`: every decode of
-        the running requests, and the prompt tokens the step-cost model predicts fit beside them."""
-        decodes = context = 0
-        prefill_cached = -1  # the computed tokens of the first running request still in its prompt
-        for request in self.running:
-            done = request.num_computed_tokens
-            if len(request.prompt_token_ids) + len(request.output_token_ids) - done == 1:
-                decodes += 1
-                context += done + 1
-            elif prefill_cached < 0:
-                prefill_cached = done
-        config = self.config
-        assert self.step_cost is not None and config.max_step_ms is not None
-        cap = config.max_num_batched_tokens
-        chunk_room = prompt_token_room(self.step_cost, config.max_step_ms / 1000, decodes, context,
-                                       max(prefill_cached, 0), cap - decodes, self.kv_cache.block_size)
-        return min(cap, decodes + chunk_room), chunk_room
 
     def _schedule_offline(self, out: SchedulerOutput, first: int, room: int, chunk_room: int) -> int:
         """Serve the running offline requests (from index `first`), then admit waiting offline ones, within

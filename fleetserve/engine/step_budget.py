@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from fleetserve.engine.request import Request
 from fleetserve.perf.model import StepShape
+
+
+def check_max_step_ms(value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"max_step_ms must be > 0 (the milliseconds a step may take), got {value!r}; "
+                         f"leave it unset for no time bound")
 
 
 class StepCost(Protocol):
@@ -47,3 +54,21 @@ def prompt_token_room(cost: StepCost, max_step_s: float, decode_seqs: int, decod
         else:
             high = middle
     return low
+
+
+def bounded_budget(running: list[Request], cost: StepCost, max_step_ms: float, max_tokens: int,
+                   min_chunk: int) -> tuple[int, int]:
+    """(the step's token budget, the tokens of it for prompt chunks) under `max_step_ms`: every decode of the
+    running requests, and the prompt tokens the cost model predicts fit beside them."""
+    decodes = context = 0
+    prefill_cached = -1  # the computed tokens of the first running request still in its prompt
+    for request in running:
+        done = request.num_computed_tokens
+        if len(request.prompt_token_ids) + len(request.output_token_ids) - done == 1:
+            decodes += 1
+            context += done + 1
+        elif prefill_cached < 0:
+            prefill_cached = done
+    chunk_room = prompt_token_room(cost, max_step_ms / 1000, decodes, context, max(prefill_cached, 0),
+                                   max_tokens - decodes, min_chunk)
+    return min(max_tokens, decodes + chunk_room), chunk_room

@@ -2,13 +2,14 @@
  *
  * A weight matrix is N rows of K inputs, each row K/32 blocks laid out as in ggml. Dequantizing a block
  * rounds exactly as the gguf package does (fp16 scale to fp32, then d*q, then + m, each op rounded), so
- * the values multiplied are bit-identical to the dequantized checkpoint other engines load.
+ * the values dequantized are bit-identical to the dequantized checkpoint other engines load.
  *
  * Small batches (decode steps) are bound by reading weights, so quantized_matmul reads each block once
- * per call, at 4.5-8.5 bits per weight instead of 32: up to 8 input rows it multiplies each block as it
- * is dequantized into registers; beyond, it dequantizes 6 weight rows at a time into an L1 buffer and
- * runs a register tile over the inputs packed k-major. Large batches (the caller decides) dequantize the
- * whole matrix with dequantize_rows and hand it to the BLAS matmul. */
+ * per call, at 4.5-8.5 bits per weight instead of 32. Up to 8 input rows it takes each block's quantized
+ * values into registers and multiplies the block's sum of x * q by its scale (plus, for Q4_1, its offset
+ * times the sum of x): the same values, in another rounding order. Beyond, it dequantizes 6 weight rows at
+ * a time into an L1 buffer and runs a register tile over the inputs packed k-major. Large batches (the
+ * caller decides) dequantize the whole matrix with dequantize_rows and hand it to the BLAS matmul. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,32 +61,36 @@ static inline float half_to_float(const uint8_t *p) {
 #define INLINE static inline __attribute__((always_inline))
 
 #ifdef USE_AVX2
-/* The block's 32 weights in four registers. */
-INLINE void dequantize_block_regs(const int type, const uint8_t *block, __m256 w[4]) {
-    const __m256 vd = _mm256_set1_ps(half_to_float(block));
+/* The block's 32 quantized values as floats (exact), in four registers. */
+INLINE void block_quants(const int type, const uint8_t *block, __m256 q[4]) {
     if (type == TYPE_Q8_0) {
-        for (int i = 0; i < 4; i++) {
-            __m128i q = _mm_loadl_epi64((const __m128i *)(block + 2 + 8 * i));
-            w[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), vd);
-        }
+        for (int i = 0; i < 4; i++)
+            q[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(block + 2 + 8 * i))));
         return;
     }
+    /* Widening bytes to 32-bit lanes first leaves the high nibble alone above bit 3: one shift, no mask. */
     const uint8_t *qs = block + (type == TYPE_Q4_1 ? 4 : 2);
-    const __m128i raw = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0f);
-    const __m128i low = _mm_and_si128(raw, mask), high = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-    const __m128i bytes[4] = {low, _mm_srli_si128(low, 8), high, _mm_srli_si128(high, 8)};
+    const __m256i first = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
+    const __m256i second = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
+    const __m256i mask = _mm256_set1_epi32(0x0f);
+    __m256i v[4] = {_mm256_and_si256(first, mask), _mm256_and_si256(second, mask), _mm256_srli_epi32(first, 4),
+                    _mm256_srli_epi32(second, 4)};
     for (int i = 0; i < 4; i++) {
-        __m256i q = _mm256_cvtepu8_epi32(bytes[i]);
-        if (type == TYPE_Q4_0) q = _mm256_sub_epi32(q, _mm256_set1_epi32(8));
-        w[i] = _mm256_mul_ps(_mm256_cvtepi32_ps(q), vd);
-        if (type == TYPE_Q4_1) w[i] = _mm256_add_ps(w[i], _mm256_set1_ps(half_to_float(block + 2)));
+        if (type == TYPE_Q4_0) v[i] = _mm256_sub_epi32(v[i], _mm256_set1_epi32(8));
+        q[i] = _mm256_cvtepi32_ps(v[i]);
     }
 }
 
+/* d*q, then + m, each rounded, as the gguf package does. */
 INLINE void dequantize_block(const int type, const uint8_t *block, float *out) {
+    const __m256 vd = _mm256_set1_ps(half_to_float(block));
     __m256 w[4];
-    dequantize_block_regs(type, block, w);
-    for (int i = 0; i < 4; i++) _mm256_storeu_ps(out + 8 * i, w[i]);
+    block_quants(type, block, w);
+    for (int i = 0; i < 4; i++) {
+        w[i] = _mm256_mul_ps(w[i], vd);
+        if (type == TYPE_Q4_1) w[i] = _mm256_add_ps(w[i], _mm256_set1_ps(half_to_float(block + 2)));
+        _mm256_storeu_ps(out + 8 * i, w[i]);
+    }
 }
 #else
 INLINE void dequantize_block(const int type, const uint8_t *block, float *out) {
@@ -159,25 +164,6 @@ static inline float hsum(__m256 v) {
  * block costs one chained add per row: consecutive blocks' products overlap instead of queueing on one
  * accumulator. x_sums holds each row's per-block sums of x (Q4_1 only). */
 #define FUSED_ROWS 8
-INLINE void block_quants(const int type, const uint8_t *block, __m256 q[4]) {
-    if (type == TYPE_Q8_0) {
-        for (int i = 0; i < 4; i++)
-            q[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(block + 2 + 8 * i))));
-        return;
-    }
-    /* Widening bytes to 32-bit lanes first leaves the high nibble alone above bit 3: one shift, no mask. */
-    const uint8_t *qs = block + (type == TYPE_Q4_1 ? 4 : 2);
-    const __m256i first = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)qs));
-    const __m256i second = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + 8)));
-    const __m256i mask = _mm256_set1_epi32(0x0f);
-    __m256i v[4] = {_mm256_and_si256(first, mask), _mm256_and_si256(second, mask), _mm256_srli_epi32(first, 4),
-                    _mm256_srli_epi32(second, 4)};
-    for (int i = 0; i < 4; i++) {
-        if (type == TYPE_Q4_0) v[i] = _mm256_sub_epi32(v[i], _mm256_set1_epi32(8));
-        q[i] = _mm256_cvtepi32_ps(v[i]);
-    }
-}
-
 INLINE __m256 block_dot(const __m256 q[4], const float *xb) {
     __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(xb), q[0]);
     __m256 s1 = _mm256_mul_ps(_mm256_loadu_ps(xb + 8), q[1]);

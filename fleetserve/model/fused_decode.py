@@ -36,8 +36,8 @@ class FusedDecode:
         self.matrices = [[weights[p + name] for name in LAYER_MATRICES] for p in layers]
         self.vectors = [[weights.get(p + name) for name in LAYER_VECTORS] for p in layers]
         self.kinds = torch.tensor([[w.kind for w in row] for row in self.matrices], dtype=torch.int32)
-        self._pointers: torch.Tensor | None = None
-        self._pointers_for: tuple[int, ...] = ()
+        self._layout: tuple[DecodeShape, torch.Tensor] | None = None
+        self._layout_for: tuple = ()
 
     @staticmethod
     def supports(weights: dict, config: ModelConfig) -> bool:
@@ -48,29 +48,32 @@ class FusedDecode:
         return (not meta.prefills and meta.num_decodes > 0 and kv_caches[0].dtype in _KV_DTYPES
                 and meta.decode_block_tables is not None and meta.decode_seq_lens is not None)
 
-    def _layer_pointers(self, kv_caches: list[torch.Tensor]) -> torch.Tensor:
-        key = tuple(cache.data_ptr() for cache in kv_caches)
-        if self._pointers is None or key != self._pointers_for:
+    def _layout_of(self, kv_caches: list[torch.Tensor]) -> tuple[DecodeShape, torch.Tensor]:
+        """The shapes and the per-layer pointers, built again only when the caches change."""
+        key = (kv_caches[0].dtype, *kv_caches[0].shape, *(cache.data_ptr() for cache in kv_caches))
+        if self._layout is None or key != self._layout_for:
+            c, cache = self.config, kv_caches[0]
+            shape = DecodeShape(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
+                                c.head_dim, c.intermediate_size, cache.shape[3], _KV_DTYPES[cache.dtype],
+                                cache.shape[2], c.rms_norm_eps, c.head_dim ** -0.5, self.cos.data_ptr(),
+                                self.sin.data_ptr())
             rows = [[w.blocks.data_ptr() for w in matrices] + [0 if v is None else v.data_ptr() for v in vectors]
                     + [cache.data_ptr()] for matrices, vectors, cache in zip(self.matrices, self.vectors, kv_caches)]
-            self._pointers, self._pointers_for = torch.tensor(rows, dtype=torch.int64), key
-        return self._pointers
+            self._layout, self._layout_for = (shape, torch.tensor(rows, dtype=torch.int64)), key
+        return self._layout
 
     def __call__(self, x: torch.Tensor, positions: torch.Tensor, kv_caches: list[torch.Tensor],
                  meta: AttentionMetadata) -> torch.Tensor:
-        """x: [decodes, hidden] fp32 embeddings -> the last layer's output, before the final norm."""
-        c, cache = self.config, kv_caches[0]
-        shape = DecodeShape(c.num_hidden_layers, c.hidden_size, c.num_attention_heads, c.num_key_value_heads,
-                            c.head_dim, c.intermediate_size, cache.shape[3], _KV_DTYPES[cache.dtype], cache.shape[2],
-                            c.rms_norm_eps, c.head_dim ** -0.5, self.cos.data_ptr(), self.sin.data_ptr())
-        x = x.contiguous().clone()
+        """x: [decodes, hidden] fp32 embeddings, overwritten with the last layer's output (before the final
+        norm), which is returned."""
+        shape, pointers = self._layout_of(kv_caches)
+        x = x.contiguous()
         positions, slots = positions.contiguous(), meta.slot_mapping.contiguous()
         tables = meta.decode_block_tables.contiguous()  # type: ignore[union-attr]
         seq_lens = meta.decode_seq_lens.contiguous()  # type: ignore[union-attr]
-        status = self.library.decode_layers(ctypes.byref(shape), self._layer_pointers(kv_caches).data_ptr(),
-                                            self.kinds.data_ptr(), x.data_ptr(), x.shape[0], positions.data_ptr(),
-                                            slots.data_ptr(), tables.data_ptr(), tables.shape[1],
-                                            seq_lens.data_ptr())
+        status = self.library.decode_layers(ctypes.byref(shape), pointers.data_ptr(), self.kinds.data_ptr(),
+                                            x.data_ptr(), x.shape[0], positions.data_ptr(), slots.data_ptr(),
+                                            tables.data_ptr(), tables.shape[1], seq_lens.data_ptr())
         if status != 0:
             raise ValueError(f"the decode kernels cannot take these weight block types: {self.kinds.unique().tolist()}")
         return x

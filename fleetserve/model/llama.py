@@ -130,13 +130,13 @@ class LlamaModel(nn.Module):
         c, w = self.config, self.weights
         nh, nkv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         q_size, kv_size = nh * hd, nkv * hd
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
         embed = w["embed"]
         x = (self.quantized_matmul.embedding(input_ids, embed) if isinstance(embed, QuantizedWeight)
              else F.embedding(input_ids, embed))
         if self.fused_decode is not None and self.fused_decode.applies(kv_caches, meta):
             return rms_norm(self.fused_decode(x, positions, kv_caches, meta), w["norm"], c.rms_norm_eps)
+        cos = self.cos[positions].unsqueeze(1)
+        sin = self.sin[positions].unsqueeze(1)
         t = x.shape[0]
         for i in range(c.num_hidden_layers):
             p = f"model.layers.{i}."

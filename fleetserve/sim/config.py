@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleetserve.engine.config import EngineConfig
-from fleetserve.engine.scheduler import SchedulerConfig, check_max_step_ms
+from fleetserve.engine.scheduler import SchedulerConfig
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
+from fleetserve.engine.step_budget import check_max_step_ms
 
 _ENGINE_DEFAULTS = EngineConfig()
 DEFAULT_MAX_QUEUE = _ENGINE_DEFAULTS.max_queue  # `fleetserve serve --max-queue`
