@@ -40,7 +40,7 @@ class SpeculativeConfig:
             low, high = self.prompt_lookup_min, self.prompt_lookup_max
             # vLLM's defaults: either bound alone sets both.
             if low is None and high is None:
-                low = high = 3
+                low = high = 5
             low, high = (high if low is None else low), (low if high is None else high)
             assert low is not None and high is not None
             if not 1 <= low <= high:
