@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from fleetserve.engine.outputs import RequestOutput
+from fleetserve.speculative.stats import SpeculationStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -73,6 +74,19 @@ class EngineStateCollector(Collector):
                             engine.num_generation_tokens_total)
         yield self._counter("vllm:num_preemptions", "Cumulative number of preemptions from the engine.",
                             engine.scheduler.num_preemptions)
+        if engine.speculation is not None:
+            yield from self._speculation(engine.speculation.stats)
+
+    def _speculation(self, stats: SpeculationStats) -> Iterable[Metric]:
+        yield self._counter("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", stats.num_drafts)
+        yield self._counter("vllm:spec_decode_num_draft_tokens", "Number of draft tokens.", stats.num_draft_tokens)
+        yield self._counter("vllm:spec_decode_num_accepted_tokens", "Number of accepted tokens.",
+                            stats.num_accepted_tokens)
+        family = CounterMetricFamily("vllm:spec_decode_num_accepted_tokens_per_pos",
+                                     "Accepted tokens per draft position.", labels=["model_name", "position"])
+        for position, count in enumerate(stats.accepted_per_position):
+            family.add_metric([self.model_name, str(position)], count)
+        yield family
 
 
 class ServerMetrics:

@@ -109,10 +109,19 @@ def run_offline(args: argparse.Namespace, engine_options: dict) -> int:
     result = {"model": engine.model_name, "dtype": str(engine.dtype).replace("torch.", ""),
               "threads": torch.get_num_threads(), "num_requests": args.num_requests,
               "input_len": args.input_len, "output_len": args.output_len, "seed": args.seed}
+    speculation = engine.speculation
+    if speculation is not None:  # the warm-up's drafts do not count
+        speculation.stats = type(speculation.stats)()
     ours = run_fleetserve(llm, workload)
     result.update(ours)
     print(f"fleetserve: {ours['output_tokens_per_s']:.1f} output tok/s, {ours['total_tokens_per_s']:.1f} "
           f"total tok/s, {ours['wall_s']:.1f} s")
+    if speculation is not None:
+        result["speculative_config"] = speculation.config.to_dict()
+        result["speculation"] = stats = speculation.stats.as_dict()
+        print(f"speculation ({speculation.config.method}): {stats['num_draft_tokens']} drafted, "
+              f"{stats['num_accepted_tokens']} accepted ({stats['acceptance_rate']:.0%}), "
+              f"{stats['mean_accepted_per_draft']:.2f} accepted per verification")
     if args.peer:
         del llm, engine
         if args.peer == "hf":

@@ -7,6 +7,7 @@ import argparse
 from fleetserve.commands.argument_types import positive
 from fleetserve.commands.scheduling_arguments import add_scheduling_arguments, scheduling_policy
 from fleetserve.engine.config import EngineConfig
+from fleetserve.speculative.config import SpeculativeConfig
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,19 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=thread_count, default=EngineConfig.num_threads,
                         help="CPU threads: auto (default) runs one per core that other processes leave free, "
                         "re-read every second between steps; a number fixes the count")
+    parser.add_argument("--speculative-config", type=speculative_config, default=EngineConfig.speculative_config,
+                        help='model-free speculative decoding, as vLLM takes it: JSON such as \'{"method": "ngram", '
+                        '"num_speculative_tokens": 4}\' or \'{"method": "suffix"}\' (default: none)')
     add_scheduling_arguments(parser)
+
+
+def speculative_config(text: str) -> str:
+    """`--speculative-config`: checked here so that a bad one stops the command at once; passed on as text."""
+    try:
+        SpeculativeConfig.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def thread_count(text: str) -> int | None:
@@ -59,4 +72,4 @@ def engine_options(args: argparse.Namespace) -> dict:
                 max_num_batched_tokens=args.max_num_batched_tokens, max_step_ms=args.max_step_ms,
                 max_model_len=args.max_model_len,
                 enable_prefix_caching=not args.no_prefix_caching, num_threads=args.threads,
-                scheduling=scheduling_policy(args))
+                scheduling=scheduling_policy(args), speculative_config=args.speculative_config)

@@ -36,6 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_step_ms is not None:
         raise ValueError(f"--max-step-ms {args.max_step_ms} cannot be profiled: the profile times the batch shapes "
                          f"of its grid, which a step-time bound would cut into other chunks; leave it out")
+    if args.speculative_config is not None:
+        raise ValueError("--speculative-config cannot be profiled: the profile times the batch shapes of its grid, "
+                         "which drafts would change; leave it out (a verification step is priced as decode rows)")
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {args.out!r} is a folder; give a file path")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 from fleetserve.engine.step_budget import check_max_step_ms
+from fleetserve.speculative.config import SpeculativeConfig
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 1024, "M": 1e6, "MB": 1e6, "MIB": 1024**2,
@@ -45,9 +46,12 @@ class EngineConfig:
     num_threads: int | None = None  # None: auto, one per core other processes leave free (engine/thread_policy.py)
     seed: int = 0
     scheduling: SchedulingPolicy = field(default_factory=SchedulingPolicy)  # priorities and service classes
+    # Model-free speculative decoding (vLLM's --speculative-config): a SpeculativeConfig, or its dict or JSON.
+    speculative_config: SpeculativeConfig | dict | str | None = None
 
     def __post_init__(self) -> None:
         self.kv_cache_bytes = parse_size(self.kv_cache_memory)
+        self.speculative = SpeculativeConfig.parse(self.speculative_config)
         check_max_step_ms(self.max_step_ms)
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, or None to adapt to the free cores, got {self.num_threads}")

@@ -18,8 +18,10 @@ from fleetserve.engine.online_step_cost import OnlineStepCost
 from fleetserve.engine.outputs import RequestMetrics, RequestOutput, TokenLogprob
 from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.runner import ModelRunner
+from fleetserve.engine.sampler import SampleResult
 from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
+from fleetserve.engine.speculation import Speculation
 from fleetserve.engine.thread_policy import ThreadPolicy
 from fleetserve.kernels import cpu as cpu_kernels
 from fleetserve.model.config import ModelConfig
@@ -98,8 +100,8 @@ class LLMEngine:
                              f"{bytes_per_block} bytes; give at least {2 * bytes_per_block} bytes")
         self.kv_cache = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching,
                                        config.record_kv_events)
-        # Fitted to the steps as they run, only when a step-time bound asks for predictions.
-        self.step_cost = OnlineStepCost() if config.max_step_ms is not None else None
+        # Fitted to the steps as they run, only when a step-time bound or speculation asks for predictions.
+        self.step_cost = OnlineStepCost() if config.max_step_ms is not None or config.speculative else None
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_seqs, config.max_num_batched_tokens,
                                                    self.max_model_len, policy=config.scheduling,
                                                    max_step_ms=config.max_step_ms), self.kv_cache, self.step_cost)
@@ -113,6 +115,7 @@ class LLMEngine:
         self._ids = itertools.count()
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
+        self.speculation = Speculation(config.speculative, self.step_cost) if config.speculative else None
 
     def _quantized_weights(self, config: EngineConfig) -> tuple[dict[str, QuantizedWeight], QuantizedMatmul | None]:
         if config.weight_format == "dense":
@@ -205,36 +208,68 @@ class LLMEngine:
                 metrics.first_scheduled_time = now
         self.thread_policy.before_step()
         results = self.runner.execute(out, self.kv_cache)
-        sampled = {rid: r.token_id for rid, r in results.items()}
+        sampled: dict[str, int | list[int]] = {}
+        outputs_before: dict[str, int] = {}
+        for item in out.scheduled:
+            request_id = item.request.request_id
+            if request_id in results:
+                tokens = results[request_id]
+                sampled[request_id] = tokens[0].token_id if len(tokens) == 1 else [t.token_id for t in tokens]
+                outputs_before[request_id] = item.request.num_output_tokens
+                if item.drafts and self.speculation is not None:
+                    self.speculation.verified(request_id, item.drafts, len(tokens) - 1)
         finished = {r.request_id for r in self.scheduler.update_from_output(out, sampled)}
         now = time.monotonic()
         outputs: list[RequestOutput] = []
         for item in out.scheduled:
             request = item.request
-            result = results.get(request.request_id)
-            if result is None:
+            request_id = request.request_id
+            if request_id not in results:
                 continue
-            state = self.states[request.request_id]
-            self.num_generation_tokens_total += 1
-            if request.num_output_tokens == 1:
+            before = outputs_before[request_id]
+            state = self.states[request_id]
+            new_ids = self._take_tokens(state, results[request_id][:request.num_output_tokens - before],
+                                        request_id in finished)
+            if before == 0:
                 self.num_prompt_tokens_total += request.num_prompt_tokens
             metrics = state.metrics
             if metrics.first_token_time is None:
                 metrics.first_token_time = now
             metrics.last_token_time = now
-            state.detokenizer.add_token(result.token_id)
-            if result.logprob is not None:
-                state.pending_logprobs.append(TokenLogprob(result.token_id, result.logprob, result.top_logprobs))
-            if state.detokenizer.stopped_on is not None and request.request_id not in finished:
-                self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
-                request.stop_reason = state.detokenizer.stopped_on
             if request.is_finished:
-                outputs.append(self._finish(state, now, [result.token_id]))
+                outputs.append(self._finish(state, now, new_ids))
             else:
-                outputs.append(self._delta(state, [result.token_id]))
+                outputs.append(self._delta(state, new_ids))
+        if self.speculation is not None:
+            self.speculation.propose(self.scheduler, self.max_model_len)
         if self.step_cost is not None:
             self.step_cost.observe(shape_of(out), time.perf_counter() - started)
         return outputs
+
+    def _take_tokens(self, state: RequestState, results: list[SampleResult], finished: bool) -> list[int]:
+        """Feed this step's new tokens to the request's detokenizer; a stop string ends the request at the
+        token that completes it, and the tokens after it (from accepted drafts) are dropped."""
+        request = state.request
+        new_ids: list[int] = []
+        for result in results:
+            new_ids.append(result.token_id)
+            self.num_generation_tokens_total += 1
+            state.detokenizer.add_token(result.token_id)
+            if result.logprob is not None:
+                state.pending_logprobs.append(TokenLogprob(result.token_id, result.logprob, result.top_logprobs))
+            if state.detokenizer.stopped_on is None:
+                continue
+            dropped = len(results) - len(new_ids)
+            if dropped:
+                del request.output_token_ids[-dropped:]
+            if not finished:
+                self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+                request.stop_reason = state.detokenizer.stopped_on
+            elif dropped:  # the scheduler ended it at a later token: the stop string came first
+                request.status = RequestStatus.FINISHED_STOPPED
+                request.stop_reason = state.detokenizer.stopped_on
+            break
+        return new_ids
 
     def _delta(self, state: RequestState, new_ids: list[int], finished: bool = False) -> RequestOutput:
         request = state.request
@@ -251,4 +286,6 @@ class LLMEngine:
         state.metrics.finished_time = now
         self.states.pop(state.request.request_id, None)
         self.runner.sampler.release(state.request.request_id)
+        if self.speculation is not None:
+            self.speculation.release(state.request.request_id)
         return self._delta(state, new_ids, finished=True)

@@ -35,6 +35,9 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     stop_reason: int | str | None = None
     block_hashes: list[int] = field(default_factory=list)
+    # Drafted tokens that the next step verifies after the last known token (speculative decoding); set by
+    # the engine's proposer, cleared when a step verifies them or the request is preempted.
+    spec_token_ids: list[int] = field(default_factory=list)
     # Whether no sampled token can end it (no stop tokens; end of sequence ignored or unknown), so that only
     # its length decides when it ends. Fixed at creation: the decode-run planner reads it for every running
     # request at every run.

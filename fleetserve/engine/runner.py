@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from fleetserve.engine.draft_verifier import verify_drafts
 from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.sampler import Sampler, SampleResult
 from fleetserve.engine.scheduler import ScheduledRequest, SchedulerOutput
@@ -32,37 +33,52 @@ class ModelRunner:
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
 
-    def execute(self, out: SchedulerOutput, kv_cache: KVCacheManager) -> dict[str, SampleResult]:
+    def execute(self, out: SchedulerOutput, kv_cache: KVCacheManager) -> dict[str, list[SampleResult]]:
+        """The sampled tokens of every request that reached the end of its known tokens: one, or for a request
+        whose drafts were verified, the accepted drafts and the token after them."""
         bs = self.block_size
-        decodes = [s for s in out.scheduled if s.num_tokens == 1]
-        prefills = [s for s in out.scheduled if s.num_tokens > 1]
-        ordered: list[ScheduledRequest] = decodes + prefills
+        # A verification is decode rows, one per token, each attending up to itself: the decode kernels
+        # take it as they take separate sequences that share a block table.
+        decodes = [s for s in out.scheduled if s.num_tokens == 1 or s.drafts]
+        prefills = [s for s in out.scheduled if s.num_tokens > 1 and not s.drafts]
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         sample_rows: list[int] = []
         sample_items: list[ScheduledRequest] = []
-        tables = {s.request.request_id: kv_cache.block_table(s.request.request_id) for s in ordered}
-        meta = AttentionMetadata(slot_mapping=None, num_decodes=len(decodes))  # type: ignore[arg-type]
-        for item in ordered:
+        tables = {s.request.request_id: kv_cache.block_table(s.request.request_id) for s in decodes + prefills}
+        decode_tables: list[list[int]] = []
+        for item in decodes:
+            request, start, n = item.request, item.start, item.num_tokens
+            table = tables[request.request_id]
+            input_ids.extend(request.token_ids_slice(start, start + 1))
+            input_ids.extend(request.spec_token_ids[:item.drafts])
+            positions.extend(range(start, start + n))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+            decode_tables.extend([table] * n)
+            if item.samples:
+                sample_rows.extend(range(len(input_ids) - n, len(input_ids)))
+                sample_items.append(item)
+        num_decode_rows = len(input_ids)
+        meta = AttentionMetadata(slot_mapping=None, num_decodes=num_decode_rows)  # type: ignore[arg-type]
+        for item in prefills:
             request, start, n = item.request, item.start, item.num_tokens
             table = tables[request.request_id]
             token_start = len(input_ids)
             input_ids.extend(request.token_ids_slice(start, start + n))
             positions.extend(range(start, start + n))
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
-            if n > 1:
-                used = -(-(start + n) // bs)
-                meta.prefills.append(PrefillChunk(token_start, token_start + n, start, self._tensor(table[:used])))
+            used = -(-(start + n) // bs)
+            meta.prefills.append(PrefillChunk(token_start, token_start + n, start, self._tensor(table[:used])))
             if item.samples:
                 sample_rows.append(len(input_ids) - 1)
                 sample_items.append(item)
         if decodes:
-            max_blocks = max(-(-(s.start + 1) // bs) for s in decodes)
-            padded = [tables[s.request.request_id][:max_blocks] for s in decodes]
-            padded = [t + [0] * (max_blocks - len(t)) for t in padded]
+            seq_lens_list = positions[:num_decode_rows]
+            max_blocks = max(p // bs + 1 for p in seq_lens_list)
+            padded = [t[:max_blocks] + [0] * (max_blocks - min(len(t), max_blocks)) for t in decode_tables]
             meta.decode_block_tables = self._tensor(padded)
-            seq_lens = self._tensor([s.start + 1 for s in decodes])
+            seq_lens = self._tensor([p + 1 for p in seq_lens_list])
             meta.decode_seq_lens = seq_lens
             meta.decode_kernel = self.decode_kernel
             if self.decode_kernel is None:
@@ -73,6 +89,24 @@ class ModelRunner:
         if not sample_items:
             return {}
         logits = self.model.compute_logits(hidden[self._tensor(sample_rows)])
-        ids = [s.request.request_id for s in sample_items]
-        results = self.sampler.sample(logits, ids, [s.request.sampling_params for s in sample_items])
-        return dict(zip(ids, results))
+        results: dict[str, list[SampleResult]] = {}
+        plain_rows: list[int] = []
+        plain_items: list[ScheduledRequest] = []
+        row = 0
+        for item in sample_items:
+            if item.drafts:
+                request = item.request
+                results[request.request_id] = verify_drafts(
+                    self.sampler, logits[row:row + item.num_tokens], request.spec_token_ids[:item.drafts],
+                    request.request_id, request.sampling_params)
+                row += item.num_tokens
+            else:
+                plain_rows.append(row)
+                plain_items.append(item)
+                row += 1
+        if plain_items:
+            ids = [s.request.request_id for s in plain_items]
+            sampled = self.sampler.sample(logits[plain_rows] if len(plain_rows) < row else logits, ids,
+                                          [s.request.sampling_params for s in plain_items])
+            results.update((request_id, [result]) for request_id, result in zip(ids, sampled))
+        return results

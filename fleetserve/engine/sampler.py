@@ -26,7 +26,7 @@ class Sampler:
     def release(self, request_id: str) -> None:
         self.generators.pop(request_id, None)
 
-    def _generator(self, request_id: str, params: SamplingParams) -> torch.Generator:
+    def generator(self, request_id: str, params: SamplingParams) -> torch.Generator:
         generator = self.generators.get(request_id)
         if generator is None:
             if params.seed is None:
@@ -43,9 +43,9 @@ class Sampler:
         if random_rows:
             rows = torch.tensor(random_rows)
             scaled = logits[rows] / torch.tensor([params[i].temperature for i in random_rows]).unsqueeze(1)
-            probs = torch.softmax(self._apply_top_k_top_p(scaled, [params[i] for i in random_rows]), dim=-1)
+            probs = torch.softmax(self.apply_top_k_top_p(scaled, [params[i] for i in random_rows]), dim=-1)
             for j, i in enumerate(random_rows):
-                generator = self._generator(request_ids[i], params[i])
+                generator = self.generator(request_ids[i], params[i])
                 tokens[i] = torch.multinomial(probs[j], 1, generator=generator)[0]
         token_list = tokens.tolist()
         results = [SampleResult(t) for t in token_list]
@@ -61,7 +61,7 @@ class Sampler:
         return results
 
     @staticmethod
-    def _apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    def apply_top_k_top_p(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
         top_k = [p.top_k if p.top_k > 0 else logits.shape[1] for p in params]
         top_p = [p.top_p for p in params]
         if all(k >= logits.shape[1] for k in top_k) and all(p >= 1.0 for p in top_p):

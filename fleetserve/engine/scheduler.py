@@ -16,7 +16,7 @@ policy leaves; the newest offline request is preempted first.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from fleetserve.engine.admission import RequestRefused, kv_cache_refusal
 from fleetserve.engine.decode_run import DecodeRun, advance_decode_run, plan_decode_run
@@ -45,6 +45,7 @@ class ScheduledRequest:
     request: Request
     num_tokens: int
     start: int  # index of the first token scheduled (== num_computed_tokens when scheduled)
+    drafts: int = 0  # of num_tokens, how many are drafted tokens to verify (after the one known token)
 
     @property
     def samples(self) -> bool:
@@ -127,6 +128,8 @@ class Scheduler:
                 break
             computed = request.num_computed_tokens
             left = num_new = len(request.prompt_token_ids) + len(request.output_token_ids) - computed
+            if left == 1 and request.spec_token_ids:
+                num_new += len(request.spec_token_ids)
             if num_new > budget:
                 num_new = budget
             if 0 < cap < num_new:
@@ -150,7 +153,8 @@ class Scheduler:
                     chunk_room += chunk
                     i -= 1
             else:
-                scheduled.append(ScheduledRequest(request, num_new, computed))
+                drafts = num_new - left if num_new > left else 0
+                scheduled.append(ScheduledRequest(request, num_new, computed, drafts))
                 budget -= num_new
                 if left > 1:
                     chunk_room -= num_new
@@ -187,7 +191,9 @@ class Scheduler:
             request = running[i]
             computed = request.num_computed_tokens
             left = request.num_tokens - computed
-            num_new = min(left, room)
+            num_new = left + len(request.spec_token_ids) if left == 1 else left
+            if num_new > room:
+                num_new = room
             if 0 < cap < num_new:
                 num_new = cap
             if num_new > chunk_room and left > 1:
@@ -207,7 +213,7 @@ class Scheduler:
                     room += tokens
                     chunk_room += chunk
                     i -= 1
-            scheduled.append(ScheduledRequest(request, num_new, computed))
+            scheduled.append(ScheduledRequest(request, num_new, computed, num_new - left if num_new > left else 0))
             room -= num_new
             if left > 1:
                 chunk_room -= num_new
@@ -370,14 +376,17 @@ class Scheduler:
 
     def _preempt(self, request: Request) -> None:
         self.kv_cache.free(request)
+        request.spec_token_ids = []
         request.status = RequestStatus.PREEMPTED
         request.num_computed_tokens = 0
         request.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.put_back(request)
 
-    def update_from_output(self, out: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
-        """Advance computed-token counts, append sampled tokens, and finish requests; returns the finished."""
+    def update_from_output(self, out: SchedulerOutput, sampled: Mapping[str, int | list[int]]) -> list[Request]:
+        """Advance computed-token counts, append sampled tokens, and finish requests; returns the finished.
+        A step that verified drafts gives a list for its request: the accepted drafts, then the token sampled
+        after them."""
         finished: list[Request] = []
         cache_blocks = self.kv_cache.cache_blocks
         max_model_len = self.config.max_model_len
@@ -387,20 +396,45 @@ class Scheduler:
             status = request.status
             if status is not running and status is not waiting:  # finished or preempted since scheduled
                 continue
+            token = sampled.get(request.request_id)
+            if item.drafts:
+                if self._accept_verified(item, [] if token is None else token if isinstance(token, list) else [token]):
+                    self._remove(request)
+                    finished.append(request)
+                continue
             computed = item.start + item.num_tokens
             request.num_computed_tokens = computed
             cache_blocks(request, computed)
-            token = sampled.get(request.request_id)
             if token is None:
                 continue
             num_tokens = len(request.prompt_token_ids) + len(request.output_token_ids)
             if computed < num_tokens:  # a prompt chunk short of the end samples nothing
                 continue
-            request.output_token_ids.append(token)
+            request.output_token_ids.append(token if isinstance(token, int) else token[0])
             if request.check_stop_after_token(max_model_len):
                 self._remove(request)
                 finished.append(request)
         return finished
+
+    def _accept_verified(self, item: ScheduledRequest, tokens: list[int]) -> bool:
+        """Apply a verification step: `tokens` are the accepted drafts and the token sampled after them. The
+        computed tokens roll back past the rejected drafts (their KV slots are rewritten when those positions
+        are computed again), and only verified tokens' blocks reach the prefix cache. Returns whether the
+        request stopped (at the first stopping token; the tokens after it are dropped)."""
+        request = item.request
+        request.spec_token_ids = []
+        appended = 0
+        stopped = False
+        for token in tokens:
+            request.output_token_ids.append(token)
+            appended += 1
+            if request.check_stop_after_token(self.config.max_model_len):
+                stopped = True
+                break
+        # The known token and each accepted draft now have their KV; the last appended token does not yet.
+        request.num_computed_tokens = item.start + appended
+        self.kv_cache.cache_blocks(request, request.num_computed_tokens)
+        return stopped
 
     def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> list[Request]:
         """End requests from outside the step (abort, or a stop string found by the detokenizer)."""

@@ -65,8 +65,9 @@ def bounded_budget(running: list[Request], cost: StepCost, max_step_ms: float, m
     for request in running:
         done = request.num_computed_tokens
         if len(request.prompt_token_ids) + len(request.output_token_ids) - done == 1:
-            decodes += 1
-            context += done + 1
+            rows = 1 + len(request.spec_token_ids)  # drafts to verify are decode rows too
+            decodes += rows
+            context += rows * done + rows * (rows + 1) // 2
         elif prefill_cached < 0:
             prefill_cached = done
     chunk_room = prompt_token_room(cost, max_step_ms / 1000, decodes, context, max(prefill_cached, 0),

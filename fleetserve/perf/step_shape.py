@@ -23,7 +23,8 @@ class BatchShape(StepShape):
 
 def shape_of(out: SchedulerOutput) -> BatchShape:
     """A one-token item counts as a decode, as the model runner batches it (a prefill's last lone token
-    included); every longer item is a prefill chunk."""
+    included), and so does each token of an item that verifies drafts; every other item is a prefill
+    chunk."""
     prefill_tokens = decode_seqs = context = prefill_seqs = decode_context = 0
     pairs = 0
     for item in out.scheduled:
@@ -32,6 +33,9 @@ def shape_of(out: SchedulerOutput) -> BatchShape:
         if tokens == 1:
             decode_seqs += 1
             decode_context += item.start + 1
+        elif item.drafts:  # a verification: each token is a decode row over the context up to itself
+            decode_seqs += tokens
+            decode_context += tokens * item.start + tokens * (tokens + 1) // 2
         else:
             prefill_tokens += tokens
             prefill_seqs += 1
