@@ -4,10 +4,12 @@ A step that verifies k drafts after a request's last known token computes k + 1 
 the distribution of the token after draft i - 1 (row 0: after the known token). Greedy requests keep drafts
 while each equals its row's argmax, then take the argmax of the first row that disagrees (or of the last
 row): exactly the tokens one-token steps would give from the same logits. Sampled requests keep the
-target distribution exactly with rejection sampling for a point-mass draft (the proposers draft one token
-per position, with no probabilities): draft x is accepted with probability p(x); if rejected, the token is
-drawn from p with x removed, renormalized; after k accepted drafts one more token is drawn from the last
-row. Each draw uses the request's own generator when it is seeded, so seeded requests reproduce.
+target distribution exactly: at each drafted position a token is drawn from the target distribution p, and
+the draft x is kept when the draw equals it. So x is kept with probability p(x), and otherwise the token is
+distributed as p with x removed, renormalized: the rejection rule for a point-mass draft (the proposers
+draft one token per position, with no probabilities). After k kept drafts one more token is drawn from the
+last row. Every emitted token costs one draw from the request's generator, as without speculation, so a
+seeded request gives the same tokens whatever was drafted (up to rounding in the logits).
 """
 from __future__ import annotations
 
@@ -47,13 +49,8 @@ def _rejection_sample(sampler: Sampler, logits: torch.Tensor, drafts: list[int],
     probs = torch.softmax(filtered, dim=-1)
     generator = sampler.generator(request_id, params)
     tokens: list[int] = []
-    for row, draft in enumerate(drafts):
-        if float(torch.rand((), generator=generator)) < float(probs[row, draft]):
-            tokens.append(draft)
-            continue
-        residual = probs[row].clone()
-        residual[draft] = 0.0
-        tokens.append(int(torch.multinomial(residual, 1, generator=generator)[0]))
-        return tokens
-    tokens.append(int(torch.multinomial(probs[len(drafts)], 1, generator=generator)[0]))
+    for row in range(len(drafts) + 1):
+        tokens.append(int(torch.multinomial(probs[row], 1, generator=generator)[0]))
+        if row == len(drafts) or tokens[-1] != drafts[row]:
+            break
     return tokens
