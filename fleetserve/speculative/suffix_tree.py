@@ -12,7 +12,10 @@ tail of the growing sequence start later in it, so they never outrun the tail.""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Hashable, Iterable, Iterator, Sequence
+
+_NO_TOKENS: list[int] = []
 
 
 class _Node:
@@ -198,7 +201,12 @@ class SuffixTree:
 
     def _best_draft(self, matches: Iterator[tuple[int, _Node, int] | None], max_tokens: int,
                     max_spec_factor: float, min_token_prob: float) -> Draft:
-        best = Draft()
+        best_score, best_tokens, best_match_len = 0.0, _NO_TOKENS, 0
+        # Matches with as many occurrences as the one shorter have the same ones, so they share one draft,
+        # each cut to its length bound and the depth bound.
+        shared_count = 0
+        shared_tokens: list[int] = []
+        scores: list[float] = []  # of the shared draft's first 1, 2, ... tokens
         for match in matches:
             if match is None:
                 break
@@ -206,25 +214,35 @@ class SuffixTree:
             if not self._continues(node, into_tail):
                 # Every occurrence of a longer match holds one of this one, so none continues either.
                 break
-            limit = min(max_tokens, int(match_len * max_spec_factor + 1e-6))
-            tokens, score = self._path_draft(node, into_tail, limit, min_token_prob)
-            if tokens and score >= best.score:
-                best = Draft(tokens, score, match_len)
+            count = node.count if into_tail == 0 else 1
+            if count != shared_count:
+                shared_count = count
+                shared_tokens, probs = self._path_draft(node, into_tail, max_tokens, min_token_prob)
+                scores = list(accumulate(probs))
+            length = min(len(shared_tokens), int(match_len * max_spec_factor + 1e-6), self.max_depth - match_len)
+            if length <= 0:
+                continue
+            score = scores[length - 1]
+            if score >= best_score:
+                best_score, best_match_len = score, match_len
+                best_tokens = shared_tokens if length == len(shared_tokens) else shared_tokens[:length]
                 if score >= max_tokens:
-                    # Every token was certain; the longer matches' occurrences are some of these, so they
-                    # draft the same tokens or fewer.
+                    # Every token was certain: a longer match can only draft the same tokens or fewer.
                     break
-        return best
+        return Draft(list(best_tokens), best_score, best_match_len)
 
     def _continues(self, node: _Node, into_tail: int) -> bool:
         if node.tail_seq is not None:
             return node.tail_pos + into_tail < min(node.tail_start + self.max_depth, len(node.tail_seq))
         return into_tail == 0 and bool(node.children)
 
-    def _path_draft(self, node: _Node, into_tail: int, limit: int, min_token_prob: float) -> tuple[list[int], float]:
-        """Follow the most frequent child while the path's probability stays >= min_token_prob."""
+    def _path_draft(self, node: _Node, into_tail: int, limit: int,
+                    min_token_prob: float) -> tuple[list[int], list[float]]:
+        """Follow the most frequent child while the path's probability stays >= min_token_prob: the tokens
+        and each one's probability."""
         tokens: list[int] = []
-        prob, score = 1.0, 0.0
+        probs: list[float] = []
+        prob = 1.0
         while len(tokens) < limit:
             seq = node.tail_seq
             if seq is not None:
@@ -248,8 +266,8 @@ class SuffixTree:
                     break
                 tokens.append(token)
                 node = child
-            score += prob
-        return tokens, score
+            probs.append(prob)
+        return tokens, probs
 
 
 def _beats(node: _Node, token: int, other: _Node, other_token: int) -> bool:
