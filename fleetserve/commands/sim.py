@@ -22,7 +22,7 @@ from fleetserve.commands.service_class_arguments import (
     given_service_class_flags,
     service_class_config,
 )
-from fleetserve.sim.config import PREFIX_VIEWS, SimOptions
+from fleetserve.sim.config import PREFIX_VIEWS, ReplicaConfig, SimOptions
 from fleetserve.workload.traces import TRACE_KINDS
 
 if TYPE_CHECKING:
@@ -146,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
                                                "max_queue": args.max_queue,
                                                "scheduling": dataclasses.asdict(replica_config.scheduling),
                                                # absent when unset, so runs without a bound compare equal
-                                               **({"max_step_ms": args.max_step_ms} if args.max_step_ms else {})},
+                                               **({"max_step_ms": args.max_step_ms} if args.max_step_ms else {}),
+                                               **_speculation_config(replica_config)},
               "offline_gate": dataclasses.asdict(routing_options.offline_gate),
               "trace": args.trace, "trace_kind": args.trace_kind, "synthetic": args.synthetic,
               "validate": args.validate, "speedup": args.speedup, "rate": args.rate, "seed": args.seed,
@@ -178,6 +179,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speculation_config(config: ReplicaConfig) -> dict:
+    """The replica's speculative config and acceptance model; absent without speculation, so runs compare equal."""
+    if config.speculative is None or config.spec_acceptance is None:
+        return {}
+    acceptance = config.spec_acceptance
+    return {"speculative_config": config.speculative.to_dict(),
+            "spec_acceptance": {"rate": acceptance.rate, "trace": acceptance.source,
+                                "draft_availability": acceptance.draft_availability, "seed": acceptance.seed}}
+
+
 def _print_sim_stats(console, stats: dict) -> None:
     for name, entry in stats["hardware"].items():
         utilization = entry["utilization"]
@@ -187,6 +198,13 @@ def _print_sim_stats(console, stats: dict) -> None:
                       f"{entry['preemptions']} preemptions, prefix-cache hits "
                       f"{'-' if hits is None else f'{hits:.0%}'}, {entry['steps']} steps "
                       f"({entry['full_steps']} in full)")
+    speculation = stats.get("speculation")
+    if speculation is not None:
+        console.print(f"speculation: {speculation['num_drafts']:,} verifications of "
+                      f"{speculation['num_draft_tokens']:,} draft tokens, "
+                      f"{speculation['num_accepted_tokens']:,} accepted "
+                      f"({speculation['acceptance_rate']:.1%}), {speculation['mean_accepted_per_draft']:.2f} "
+                      "accepted per verification")
     speed = stats["requests_per_cpu_s"]
     console.print(f"simulated {stats['simulated_s']:.1f} s in {stats['wall_s']:.2f} s wall "
                   f"({'-' if speed is None else f'{speed:,.0f}'} requests per CPU second)")

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from fleetserve.perf.hardware import Hardware
 from fleetserve.perf.model import PerfModel, StepShape
+from fleetserve.sim.acceptance import AcceptanceDraws
 from fleetserve.sim.config import ReplicaConfig, SimOptions
 from fleetserve.sim.replica import SimReplica
 
@@ -26,10 +27,12 @@ def build_replicas(fleet: list[tuple[Hardware, int]], perf_by_hardware: Mapping[
     speeds = {hardware.name: prefill_tokens_per_s(perf_by_hardware[hardware.name], config.max_num_batched_tokens)
               for hardware, _ in fleet}
     slowest = min(speeds.values())
+    # One set of acceptance draws for the fleet: a trace's rates go to requests in the order they reach it.
+    acceptance = AcceptanceDraws(config.spec_acceptance) if config.spec_acceptance is not None else None
     replicas = []
     for hardware, count in fleet:
         perf = perf_by_hardware[hardware.name]
         for index in range(count):
             replicas.append(SimReplica(f"{hardware.name}-{index}", hardware.name, perf, config, model_max_len,
-                                       options, weight=speeds[hardware.name] / slowest))
+                                       options, weight=speeds[hardware.name] / slowest, acceptance=acceptance))
     return replicas

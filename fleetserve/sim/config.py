@@ -11,6 +11,8 @@ from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.scheduler import SchedulerConfig
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 from fleetserve.engine.step_budget import check_max_step_ms
+from fleetserve.sim.acceptance import AcceptanceModel
+from fleetserve.speculative.config import SpeculativeConfig
 
 _ENGINE_DEFAULTS = EngineConfig()
 DEFAULT_MAX_QUEUE = _ENGINE_DEFAULTS.max_queue  # `fleetserve serve --max-queue`
@@ -26,6 +28,9 @@ class ReplicaConfig:
     max_queue: int = DEFAULT_MAX_QUEUE  # waiting requests beyond which a replica answers 429
     scheduling: SchedulingPolicy = _ENGINE_DEFAULTS.scheduling  # priorities and service classes
     max_step_ms: float | None = _ENGINE_DEFAULTS.max_step_ms  # predicted by the replica's performance model
+    # Speculative decoding, as `serve --speculative-config`; its drafts are accepted as the acceptance model draws.
+    speculative: SpeculativeConfig | None = None
+    spec_acceptance: AcceptanceModel | None = None
 
     def __post_init__(self) -> None:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens", "max_queue"):
@@ -34,6 +39,11 @@ class ReplicaConfig:
         check_max_step_ms(self.max_step_ms)
         if self.max_model_len is not None and self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
+        if self.speculative is not None and self.spec_acceptance is None:
+            raise ValueError("a simulated replica with speculative decoding needs an acceptance model: give "
+                             "--spec-acceptance RATE or --spec-acceptance-trace PATH")
+        if self.speculative is None and self.spec_acceptance is not None:
+            raise ValueError("an acceptance model needs speculative decoding: give --speculative-config too")
 
     def scheduler_config(self, model_max_len: int) -> SchedulerConfig:
         max_len = min(self.max_model_len or model_max_len, model_max_len)

@@ -7,6 +7,13 @@ ignore_eos, so only the trace's output length (max_tokens) or the context length
 arriving mid-step joins the next step. Runs of pure decode steps are planned and applied by the scheduler
 (`Scheduler.begin_decode_run`) and timed as segments (fleetserve.sim.segment), with the same results.
 
+With speculative decoding (`ReplicaConfig.speculative`), the engine's own `Speculation` chooses each
+decoding request's drafts after every step, from placeholder drafts and the replica's performance model as
+its step cost; the scheduler schedules them as extra decode rows, which the performance model prices (see
+`shape_of`); at the step's end the acceptance model draws how many were accepted, and the scheduler emits
+those and one more token. Decode runs are then stepped one by one, not planned as segments, since a
+segment assumes one token per request per step.
+
 The replica also keeps the router's view of its load, a `fleetserve.fleet.replicas.Replica` fed the calls
 the live proxy makes (begin when routed, first_byte, progress per token, finish).
 
@@ -20,17 +27,23 @@ from fleetserve.engine.admission import Refusal, RequestRefused, admission_refus
 from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import Request
 from fleetserve.engine.scheduler import Scheduler, SchedulerOutput
+from fleetserve.engine.speculation import Speculation
 from fleetserve.fleet.replicas import Replica
 from fleetserve.perf.model import PerfModel
 from fleetserve.perf.step_shape import shape_of
+from fleetserve.sim.acceptance import AcceptanceDraws
 from fleetserve.sim.config import ReplicaConfig, SimOptions
+from fleetserve.sim.placeholder_drafts import PlaceholderDrafts
 from fleetserve.sim.segment import Segment, plan_segment
 from fleetserve.sim.tracked import TrackedRequest
 
 
 class SimReplica:
     def __init__(self, replica_id: str, hardware_name: str, perf: PerfModel, config: ReplicaConfig,
-                 model_max_len: int, options: SimOptions | None = None, weight: float = 1.0) -> None:
+                 model_max_len: int, options: SimOptions | None = None, weight: float = 1.0,
+                 acceptance: AcceptanceDraws | None = None) -> None:
+        """`acceptance`: the draws shared by the fleet's replicas (so a trace's rates go to requests in the
+        order they reach the fleet); by default this replica's own, from `config.spec_acceptance`."""
         capacity = perf.kv_capacity_tokens()
         num_blocks = capacity // config.block_size
         if num_blocks < 2:
@@ -56,6 +69,14 @@ class SimReplica:
         self.num_segments = 0
         self.busy_s = 0.0
         self.preemptions: list[tuple[float, str]] = []  # (step start, request id), in order
+        self.speculation: Speculation | None = None
+        self.acceptance: AcceptanceDraws | None = None
+        if config.speculative is not None:
+            model = config.spec_acceptance
+            assert model is not None
+            self.acceptance = acceptance or AcceptanceDraws(model)
+            self.speculation = Speculation(config.speculative, perf,
+                                           PlaceholderDrafts(model.draft_availability, model.seed))
 
     @property
     def max_model_len(self) -> int:
@@ -71,6 +92,8 @@ class SimReplica:
             return None
         self.inbox.append(tracked)
         self.tracked[tracked.request.request_id] = tracked
+        if self.acceptance is not None:
+            self.acceptance.arrive(tracked.request.request_id)
         if self.busy_until is None:
             return self._start_step(now)
         if self.segment is not None and self.segment.cut_at(now):
@@ -112,7 +135,7 @@ class SimReplica:
                 except RequestRefused as error:
                     self._reject(tracked, now, error.refusal.error_kind, error.refusal.message)
             self.inbox.clear()
-        if self.options.skip_decodes:
+        if self.options.skip_decodes and self.speculation is None:
             segment = plan_segment(self.scheduler, self.tracked, now)
             if segment is not None:
                 self.segment = segment
@@ -133,6 +156,9 @@ class SimReplica:
     def _end_step(self, now: float) -> None:
         out, self.pending = self.pending, None
         assert out is not None
+        if self.speculation is not None:
+            self._end_speculative_step(out, now)
+            return
         sampled = {item.request.request_id: 0 for item in out.scheduled if item.samples}
         finished = self.scheduler.update_from_output(out, sampled)
         record_times = self.options.record_token_times
@@ -150,6 +176,45 @@ class SimReplica:
             self.complete(self.tracked[request.request_id], now)
         self.num_full_steps += 1
         self.count_steps(1, now - self.step_start)
+
+    def _end_speculative_step(self, out: SchedulerOutput, now: float) -> None:
+        """As `_end_step`, for a step that may verify drafts: a request emits its accepted drafts and one more
+        token, and the next step's drafts are chosen after the update, as the engine does."""
+        speculation, acceptance = self.speculation, self.acceptance
+        assert speculation is not None and acceptance is not None
+        sampled: dict[str, int | list[int]] = {}
+        outputs_before: dict[str, int] = {}
+        for item in out.scheduled:
+            if not item.samples:
+                continue
+            request_id = item.request.request_id
+            outputs_before[request_id] = item.request.num_output_tokens
+            if item.drafts:
+                accepted = acceptance.accepted(request_id, item.drafts)
+                speculation.verified(request_id, item.drafts, accepted)
+                sampled[request_id] = [0] * (accepted + 1)
+            else:
+                sampled[request_id] = 0
+        finished = self.scheduler.update_from_output(out, sampled)
+        record_times = self.options.record_token_times
+        router = self.router
+        for request_id, before in outputs_before.items():
+            tracked = self.tracked[request_id]
+            emitted = tracked.request.num_output_tokens - before
+            if emitted <= 0:
+                continue
+            record = tracked.record
+            if record_times:
+                record.token_times_s.extend([now] * emitted)
+            if record.first_token_s is None:
+                record.first_token_s = now
+                router.first_byte(tracked.ticket, now)
+            router.progress(tracked.ticket, emitted)
+        for request in finished:
+            self.complete(self.tracked[request.request_id], now)
+        self.num_full_steps += 1
+        self.count_steps(1, now - self.step_start)
+        speculation.propose(self.scheduler, self.max_model_len)
 
     def _apply_segment(self, segment: Segment) -> None:
         finished = segment.apply(self.scheduler, self.router, self.options.record_token_times)
@@ -169,7 +234,15 @@ class SimReplica:
         record.end_s = now
         record.output_tokens = tracked.request.num_output_tokens
         self.router.finish(tracked.ticket)
-        del self.tracked[tracked.request.request_id]
+        request_id = tracked.request.request_id
+        del self.tracked[request_id]
+        if self.speculation is not None:
+            self._release_speculation(request_id)
+
+    def _release_speculation(self, request_id: str) -> None:
+        assert self.speculation is not None and self.acceptance is not None
+        self.speculation.release(request_id)
+        self.acceptance.release(request_id)
 
     def _reject(self, tracked: TrackedRequest, now: float, kind: str, message: str) -> None:
         record = tracked.record
@@ -179,10 +252,13 @@ class SimReplica:
         record.end_s = now
         self.router.finish(tracked.ticket)
         self.tracked.pop(tracked.request.request_id, None)
+        if self.speculation is not None:
+            self._release_speculation(tracked.request.request_id)
 
-    def stats(self) -> dict[str, float | int | str]:
+    def stats(self) -> dict[str, object]:
         return {"replica": self.replica_id, "hardware": self.hardware_name, "perf_model": self.perf.name,
                 "kv_blocks": self.kv.num_blocks, "steps": self.num_steps, "full_steps": self.num_full_steps,
                 "decode_segments": self.num_segments, "preemptions": self.scheduler.num_preemptions,
                 "busy_s": self.busy_s, "prefix_cache_hit_tokens": self.kv.prefix_cache_hits,
-                "prefix_cache_query_tokens": self.kv.prefix_cache_queries}
+                "prefix_cache_query_tokens": self.kv.prefix_cache_queries,
+                **({"speculation": self.speculation.stats.as_dict()} if self.speculation is not None else {})}

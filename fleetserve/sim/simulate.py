@@ -18,6 +18,7 @@ from fleetserve.sim.config import ReplicaConfig, SimOptions
 from fleetserve.sim.fleet import Arrival, SimFleet
 from fleetserve.sim.replica import SimReplica
 from fleetserve.sim.timeline import ReplicaTimeline
+from fleetserve.speculative.stats import SpeculationStats
 from fleetserve.workload.spec import Workload
 
 
@@ -34,7 +35,8 @@ class SimulationRun:
 
     def stats(self) -> dict[str, Any]:
         """Per hardware: replicas, perf model, steps (simulated, in full, as decode segments), preemptions,
-        utilization (busy time over the simulated span), prefix-cache hit rate; and the simulator's speed."""
+        utilization (busy time over the simulated span), prefix-cache hit rate; with speculative decoding, the
+        drafted and accepted tokens; and the simulator's speed."""
         by_hardware: dict[str, list[SimReplica]] = defaultdict(list)
         for replica in self.replicas:
             by_hardware[replica.hardware_name].append(replica)
@@ -50,9 +52,28 @@ class SimulationRun:
                                 if self.simulated_s > 0 else None),
                 "prefix_cache_hit_rate": sum(r.kv.prefix_cache_hits for r in group) / queried if queried else None,
             }
-        return {"hardware": hardware, "simulated_s": self.simulated_s, "offline_held_requests": self.offline_held,
+        speculation = _speculation_stats(self.replicas)
+        return {"hardware": hardware, **({"speculation": speculation} if speculation is not None else {}),
+                "simulated_s": self.simulated_s, "offline_held_requests": self.offline_held,
                 "offline_held_s": self.offline_held_s, "wall_s": self.wall_s, "cpu_s": self.cpu_s,
                 "requests_per_cpu_s": len(self.records) / self.cpu_s if self.cpu_s > 0 else None}
+
+
+def _speculation_stats(replicas: list[SimReplica]) -> dict[str, Any] | None:
+    """The fleet's drafted and accepted tokens, as vLLM counts them; None without speculation."""
+    stats = [r.speculation.stats for r in replicas if r.speculation is not None]
+    if not stats:
+        return None
+    total = SpeculationStats()
+    for one in stats:
+        total.num_drafts += one.num_drafts
+        total.num_draft_tokens += one.num_draft_tokens
+        total.num_accepted_tokens += one.num_accepted_tokens
+        for position, count in enumerate(one.accepted_per_position):
+            if position == len(total.accepted_per_position):
+                total.accepted_per_position.append(0)
+            total.accepted_per_position[position] += count
+    return total.as_dict()
 
 
 def simulate(arrivals: list[Arrival] | Workload, fleet: list[tuple[Hardware, int]],
