@@ -13,8 +13,8 @@ requests in running order, so everything after it is the same as stepping token 
 of the allocations differs (each request's blocks at once rather than step by step across requests), so
 block ids may differ, and the KV-event feed groups its entries per request, to the same effect.
 
-`Scheduler.begin_decode_run` plans a run, first beginning the step that admits a waiting request when that
-step can open one; `Scheduler.apply_decode_run` applies it.
+`begin_decode_run` (fleetserve.engine.decode_run_start) plans a run, first beginning the step that admits a
+waiting request when that step can open one; `apply_decode_run` applies it.
 
 A run is planned only while no sampled token can end a request (`Request.stops_only_at_length`: no stop
 tokens, end of sequence ignored), as in the simulator: its output tokens are placeholders (0), which a

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from fleetserve.engine.admission import RequestRefused, kv_cache_refusal
-from fleetserve.engine.decode_run import DecodeRun, advance_decode_run, plan_decode_run
 from fleetserve.engine.kv_cache import KVBlock, KVCacheManager
 from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
@@ -140,7 +139,7 @@ class Scheduler:
                 i += 1
                 continue
             while not allocate_slots(request, num_new):
-                victim_index = self._victim_index()
+                victim_index = self.victim_index()
                 victim = running.pop(victim_index)
                 self._preempt(victim)
                 out.preempted.append(victim)
@@ -202,7 +201,7 @@ class Scheduler:
                 i += 1
                 continue
             while not self._allocate_offline(request, num_new):
-                victim_index = self._victim_index()
+                victim_index = self.victim_index()
                 victim = running.pop(victim_index)
                 self._preempt(victim)
                 out.preempted.append(victim)
@@ -234,7 +233,7 @@ class Scheduler:
             return False
         return kv.allocate_slots(request, num_new, computed_blocks)
 
-    def _victim_index(self) -> int:
+    def victim_index(self) -> int:
         """Where the running request to preempt first is: the newest of the offline ones if any run, else of
         all; under the priority policy, the one of those with the largest (priority, arrival)."""
         running = self.running
@@ -263,7 +262,7 @@ class Scheduler:
             if (len(running) < self.config.max_num_seqs
                     and kv.blocks_needed(min(candidate.num_tokens, first_chunk)) + reserve <= kv.num_free_blocks):
                 return
-            victim_index = self._victim_index()
+            victim_index = self.victim_index()
             victim = running[victim_index]
             if not policy.outranks(candidate, victim):
                 return
@@ -294,82 +293,6 @@ class Scheduler:
             self.running.insert(position, request)
         return ScheduledRequest(request, num_new, num_cached)
 
-    def begin_decode_run(self) -> DecodeRun | None:
-        """Plan a run of decode steps from here (`fleetserve.engine.decode_run`), or None when the next step
-        must be built by `schedule`. With one request to admit, the run opens with the step that admits it,
-        begun here as `schedule` begins it, when that step is simple enough (see `_begin_admission_step`)."""
-        config = self.config
-        running = self.running
-        bounded = config.max_step_ms is not None
-        if bounded and not self._bounded_run_possible():
-            return None
-        if self.waiting:
-            if self.num_offline:
-                return None
-            if len(running) < config.max_num_seqs:
-                if bounded or not self._begin_admission_step():
-                    return None
-            elif self.policy.by_priority and self.policy.outranks(self.waiting.first(), running[self._victim_index()]):
-                return None
-        budget, reserved = config.max_num_batched_tokens, 0
-        if self.num_offline and running:
-            # Every online request decodes in a run (offline ones, if any, are at the end of the list), so a
-            # step's online tokens are their count, and the offline ones get the policy's room beside them.
-            online = sum(1 for request in running if not request.offline)
-            budget = min(budget, online + self.policy.offline_token_room(budget, online, online > 0))
-            reserved = self.offline_kv_reserve
-        return plan_decode_run(running, self.kv_cache, budget, config.long_prefill_token_threshold,
-                               config.max_model_len, reserved)
-
-    def apply_decode_run(self, run: DecodeRun, steps: int) -> list[Request]:
-        """Advance every request of `run` over its first `steps` steps (at most `run.steps`, none of them
-        changed since `begin_decode_run`) and end those at their length stop; returns the ended, in running
-        order."""
-        finished = advance_decode_run(run, steps, self.kv_cache)
-        for request in finished:
-            request.status = RequestStatus.FINISHED_LENGTH
-            self._remove(request)
-        return finished
-
-    def _bounded_run_possible(self) -> bool:
-        """Under `max_step_ms` a run is planned only of online decodes alone: each step serves them all, as
-        `schedule` does whatever the bound, while a prompt chunk's or the offline room's size would change
-        from step to step with the decodes' growing context."""
-        running = self.running
-        if self.num_offline or not running:
-            return False
-        newest = running[-1]
-        return len(newest.prompt_token_ids) + len(newest.output_token_ids) - newest.num_computed_tokens == 1
-
-    def _begin_admission_step(self) -> bool:
-        """Begin the step that admits the one waiting request as `schedule` begins it (each running request's
-        block for its decode token, then the admission), so that the step can open a decode run, the admitted
-        request its trailing prefill. Only when that step is this simple: one request waiting, every running
-        request decoding, and room in the token budget and for sure in the KV cache; otherwise False, with
-        nothing changed. Should no run be planned after all, `schedule` does the same step: its block
-        allocations are already there, and the request is running."""
-        waiting, running, kv = self.waiting, self.running, self.kv_cache
-        decodes = len(running)
-        budget = self.config.max_num_batched_tokens
-        if len(waiting) != 1 or decodes >= budget:
-            return False
-        block_size = kv.block_size
-        crossing: list[Request] = []
-        for request, held in zip(running, kv.held_block_counts(running)):
-            done = request.num_computed_tokens
-            if len(request.prompt_token_ids) + len(request.output_token_ids) - done != 1:
-                return False
-            if (done + block_size) // block_size > held:
-                crossing.append(request)
-        # The admission needs at most a block per token of the request (fewer with a prefix hit).
-        if len(crossing) + kv.blocks_needed(waiting.first().num_tokens) > kv.num_free_blocks:
-            return False
-        for request in crossing:
-            kv.allocate_slots(request, 1)
-        if self.admit_next_waiting(budget - decodes) is None:
-            raise AssertionError(f"request {waiting.first().request_id} was not admitted though its blocks fit")
-        return True
-
     def _cap_prefill(self, num_new: int) -> int:
         threshold = self.config.long_prefill_token_threshold
         return min(num_new, threshold) if threshold > 0 else num_new
@@ -399,7 +322,7 @@ class Scheduler:
             token = sampled.get(request.request_id)
             if item.drafts:
                 if self._accept_verified(item, [] if token is None else token if isinstance(token, list) else [token]):
-                    self._remove(request)
+                    self.remove(request)
                     finished.append(request)
                 continue
             computed = item.start + item.num_tokens
@@ -412,7 +335,7 @@ class Scheduler:
                 continue
             request.output_token_ids.append(token if isinstance(token, int) else token[0])
             if request.check_stop_after_token(max_model_len):
-                self._remove(request)
+                self.remove(request)
                 finished.append(request)
         return finished
 
@@ -444,11 +367,11 @@ class Scheduler:
             if request is None or request.is_finished:
                 continue
             request.status = status
-            self._remove(request)
+            self.remove(request)
             ended.append(request)
         return ended
 
-    def _remove(self, request: Request) -> None:
+    def remove(self, request: Request) -> None:
         if (remove_identical(self.running, request) or self.waiting.remove(request)) and request.offline:
             self.num_offline -= 1
         self.kv_cache.free(request)

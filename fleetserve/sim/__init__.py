@@ -8,7 +8,7 @@ virtual clock and a performance model, to replay traces on fleets of any size.
 
 Cost grows with events (arrivals, finishes, prefill chunks) times the requests in flight on the replica
 concerned, not with tokens: a run of pure decode steps is planned and applied at once by the engine's
-scheduler (Scheduler.begin_decode_run / apply_decode_run, fleetserve/engine/decode_run.py) and only timed
+scheduler (begin_decode_run / apply_decode_run, fleetserve/engine/decode_run_start.py) and only timed
 here (fleetserve.sim.segment). On one core that is about 1,300-1,500 simulated requests a second for the
 Azure conversation trace's mix on 64 H100 replicas at 1,000,000 requests (docs/benchmarks.md, "Simulator
 speed").

@@ -15,6 +15,7 @@ from __future__ import annotations
 from bisect import bisect_right
 
 from fleetserve.engine.decode_run import DecodeRun
+from fleetserve.engine.decode_run_start import apply_decode_run, begin_decode_run
 from fleetserve.engine.request import Request
 from fleetserve.engine.scheduler import Scheduler
 from fleetserve.fleet.replicas import Replica
@@ -92,7 +93,7 @@ class Segment:
         that finished (ended in the scheduler), in running order."""
         steps = self.steps
         ends = self.ends
-        finished = scheduler.apply_decode_run(self.run, steps)
+        finished = apply_decode_run(scheduler, self.run, steps)
         first = ends[0]
         times = ends[:steps] if record_token_times else None
         progress = router.progress
@@ -120,9 +121,9 @@ class Segment:
 
 
 def plan_segment(scheduler: Scheduler, tracked: dict[str, TrackedRequest], now: float) -> Segment | None:
-    """A segment from `now` over the decode run the scheduler plans (`Scheduler.begin_decode_run`, which may
+    """A segment from `now` over the decode run the scheduler plans (`begin_decode_run`, which may
     begin the step that admits a request), or None when the next step must be simulated in full."""
-    run = scheduler.begin_decode_run()
+    run = begin_decode_run(scheduler)
     if run is None:
         return None
     prefill = run.prefill

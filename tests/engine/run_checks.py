@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+from fleetserve.engine.decode_run_start import apply_decode_run, begin_decode_run
 from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.scheduler import Scheduler
@@ -51,13 +52,13 @@ def assert_run_matches_stepping(scheduler: Scheduler, cut: int) -> bool:
     stepped = copy.deepcopy(scheduler)
     requests = dict(scheduler.requests)
     stepped_requests = dict(stepped.requests)
-    run = scheduler.begin_decode_run()
+    run = begin_decode_run(scheduler)
     if run is None:
         assert [r.request_id for r in step(scheduler)] == [r.request_id for r in step(stepped)]
         assert state(scheduler, requests) == state(stepped, stepped_requests)
         return False
     steps = 1 + cut % run.steps
-    finished = scheduler.apply_decode_run(run, steps)
+    finished = apply_decode_run(scheduler, run, steps)
     finished_stepping: list[Request] = []
     for _ in range(steps):
         finished_stepping += step(stepped)

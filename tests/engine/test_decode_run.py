@@ -11,6 +11,7 @@ import copy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fleetserve.engine.decode_run_start import begin_decode_run
 from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import Request
 from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
@@ -28,7 +29,7 @@ def test_a_run_opened_by_an_admission_prefills_the_newcomer_and_decodes_the_othe
         step(scheduler)
     scheduler.add_request(make_request("c", list(range(100, 140)), max_tokens=20))
     probe = copy.deepcopy(scheduler)
-    run = probe.begin_decode_run()
+    run = begin_decode_run(probe)
     assert run is not None and run.prefill is not None
     assert [r.request_id for r in run.decoding] == ["a", "b"] and run.prefill.request.request_id == "c"
     assert run.prefill.chunks == [14, 14, 12] and run.prefill.completes
@@ -78,9 +79,9 @@ def test_no_run_is_planned_while_a_sampled_token_could_end_a_request():
         return scheduler
 
     length_only = make_request("length", [1, 2, 3, 4, 5], max_tokens=20)
-    assert length_only.stops_only_at_length and scheduler_with(length_only).begin_decode_run() is not None
+    assert length_only.stops_only_at_length and begin_decode_run(scheduler_with(length_only)) is not None
     for name, params, eos in [("stop-token", SamplingParams(max_tokens=20, ignore_eos=True, stop_token_ids=[9]), ()),
                               ("eos", SamplingParams(max_tokens=20), (2,))]:
         request = Request(name, [1, 2, 3, 4, 5], params, frozenset(eos))
         assert not request.stops_only_at_length
-        assert scheduler_with(request).begin_decode_run() is None, name
+        assert begin_decode_run(scheduler_with(request)) is None, name

@@ -77,7 +77,7 @@ def test_the_victim_is_the_reference_one(items, policy):
         expected = candidates[-1][1]
     else:
         expected = max(candidates, key=lambda item: (item[1].priority, item[1].arrival_time, item[0]))[1]
-    assert running[sched._victim_index()] is expected
+    assert running[sched.victim_index()] is expected
 
 
 def test_a_high_priority_arrival_starts_first_and_preempts_the_lowest_priority_one():
