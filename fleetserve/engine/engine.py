@@ -287,5 +287,5 @@ class LLMEngine:
         self.states.pop(state.request.request_id, None)
         self.runner.sampler.release(state.request.request_id)
         if self.speculation is not None:
-            self.speculation.release(state.request.request_id)
+            self.speculation.release(state.request.request_id, state.request.output_token_ids)
         return self._delta(state, new_ids, finished=True)

@@ -26,8 +26,8 @@ class Speculation:
         self.stats.record(drafted, accepted)
         self.lengths.observe(request_id, drafted, accepted)
 
-    def release(self, request_id: str) -> None:
-        self.proposer.finish(request_id)
+    def release(self, request_id: str, output_token_ids: list[int] | None = None) -> None:
+        self.proposer.finish(request_id, output_token_ids)
         self.lengths.release(request_id)
 
     def propose(self, scheduler: Scheduler, max_model_len: int) -> None:

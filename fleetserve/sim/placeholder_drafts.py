@@ -25,5 +25,5 @@ class PlaceholderDrafts:
                 return []
         return [PLACEHOLDER_TOKEN] * max_draft
 
-    def finish(self, request_id: str) -> None:
+    def finish(self, request_id: str, output_token_ids: Sequence[int] | None = None) -> None:
         self.streams.pop(request_id, None)

@@ -66,7 +66,7 @@ class NgramProposer:
         index.extend(output_token_ids[seen - len(prompt_token_ids):])
         return index.draft(min(max_draft, self.config.max_draft))
 
-    def finish(self, request_id: str) -> None:
+    def finish(self, request_id: str, output_token_ids: Sequence[int] | None = None) -> None:
         self._indexes.pop(request_id, None)
 
     def tracked_requests(self) -> int:

@@ -11,7 +11,7 @@ class Proposer(Protocol):
         decoding request with its text so far, which only grows between calls for the same request id."""
         ...
 
-    def finish(self, request_id: str) -> None:
-        """The request ended: release what was kept for it (a proposer that learns from finished outputs
-        keeps those)."""
+    def finish(self, request_id: str, output_token_ids: Sequence[int] | None = None) -> None:
+        """The request ended with this output (None: as far as `propose` saw it): release what was kept for it
+        (a proposer that learns from finished outputs keeps those)."""
         ...

@@ -54,13 +54,14 @@ class SuffixProposer:
         finished_draft = self._finished.speculate(request.text, *args)
         return finished_draft if finished_draft.score > own_draft.score else own_draft
 
-    def finish(self, request_id: str) -> None:
-        """Release the request's tree; its output (as far as drafting saw it) joins the finished outputs."""
+    def finish(self, request_id: str, output_token_ids: Sequence[int] | None = None) -> None:
+        """Release the request's tree; its output (as far as drafting saw it, unless given) joins the finished
+        outputs."""
         request = self._requests.pop(request_id, None)
         limit = self.config.suffix_decoding_max_cached_requests
         if request is None or limit == 0:
             return
-        output = request.text[request.prompt_len:]
+        output = request.text[request.prompt_len:] if output_token_ids is None else output_token_ids
         if not output:
             return
         while len(self._finished_order) >= limit:

@@ -112,6 +112,14 @@ def test_finished_output_drafts_for_a_new_request():
     assert proposer.propose("second", [9, 8, 7], answer[:10], 8) == answer[10:18]
 
 
+def test_the_final_output_given_at_finish_joins_the_finished_outputs_whole():
+    proposer = SuffixProposer(suffix_config(num_speculative_tokens=8))
+    answer = list(range(200, 230))
+    proposer.propose("first", [1, 2, 3], answer[:5], 8)  # drafting saw only the start of the answer
+    proposer.finish("first", answer)
+    assert proposer.propose("second", [9, 8, 7], answer[:18], 8) == answer[18:26]
+
+
 def test_eviction_forgets_the_oldest_finished_output():
     proposer = SuffixProposer(suffix_config(num_speculative_tokens=8, suffix_decoding_max_cached_requests=2))
     outputs = {name: [base + i for i in range(20)] for name, base in (("a", 300), ("b", 400), ("c", 500))}
