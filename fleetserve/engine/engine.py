@@ -115,7 +115,11 @@ class LLMEngine:
         self._ids = itertools.count()
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
-        self.speculation = Speculation(config.speculative, self.step_cost) if config.speculative else None
+        self.speculation = None
+        if config.speculative:
+            # With GGUF-block weights a row's arithmetic depends only on which kernel its step takes.
+            same_kernel_rows = quantized_matmul.same_kernel_rows if quantized_matmul else None
+            self.speculation = Speculation(config.speculative, self.step_cost, same_kernel_rows=same_kernel_rows)
 
     def _quantized_weights(self, config: EngineConfig) -> tuple[dict[str, QuantizedWeight], QuantizedMatmul | None]:
         if config.weight_format == "dense":

@@ -5,6 +5,8 @@ or rejects them, and the scheduler rolls back past the rejected). The simulator 
 with drafts whose acceptance it models."""
 from __future__ import annotations
 
+from typing import Callable
+
 from fleetserve.engine.scheduler import Scheduler
 from fleetserve.speculative.config import SpeculativeConfig
 from fleetserve.speculative.draft_length import Candidate, DraftLengths, StepTime
@@ -13,8 +15,12 @@ from fleetserve.speculative.stats import SpeculationStats
 
 
 class Speculation:
-    def __init__(self, config: SpeculativeConfig, step_cost: StepTime | None, proposer: Proposer | None = None) -> None:
+    def __init__(self, config: SpeculativeConfig, step_cost: StepTime | None, proposer: Proposer | None = None,
+                 same_kernel_rows: Callable[[int], int] | None = None) -> None:
+        """`same_kernel_rows(rows)`: the most decode rows a step of `rows` decodes may grow to with drafts and
+        still run the same kernels (None: no bound), so that speculation never changes a token's arithmetic."""
         self.config = config
+        self.same_kernel_rows = same_kernel_rows
         if proposer is None:
             from fleetserve.speculative.proposers import make_proposer
             proposer = make_proposer(config)
@@ -51,5 +57,6 @@ class Speculation:
                 found[request.request_id] = drafts[:limit]
                 candidates.append(Candidate(request.request_id, len(found[request.request_id]), computed + 1))
         requests = scheduler.requests
-        for request_id, count in self.lengths.choose(candidates, decode_seqs, decode_context).items():
+        max_rows = self.same_kernel_rows(decode_seqs) if self.same_kernel_rows and decode_seqs else None
+        for request_id, count in self.lengths.choose(candidates, decode_seqs, decode_context, max_rows).items():
             requests[request_id].spec_token_ids = found[request_id][:count]

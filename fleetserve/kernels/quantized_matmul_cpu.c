@@ -161,8 +161,7 @@ static inline float hsum(__m256 v) {
 
 /* Up to FUSED_ROWS input rows: each block is read once and used at once, no buffer. The block's scale
  * multiplies the sum of x * q over the block (and a Q4_1 block adds its offset times the sum of x), so a
- * block costs one chained add per row: consecutive blocks' products overlap instead of queueing on one
- * accumulator. x_sums holds each row's per-block sums of x (Q4_1 only). */
+ * block costs one chained add per row. x_sums holds each row's per-block sums of x (Q4_1 only). */
 #define FUSED_ROWS 8
 INLINE __m256 block_dot(const __m256 q[4], const float *xb) {
     __m256 s0 = _mm256_mul_ps(_mm256_loadu_ps(xb), q[0]);
@@ -172,14 +171,14 @@ INLINE __m256 block_dot(const __m256 q[4], const float *xb) {
     return _mm256_add_ps(s0, s1);
 }
 
-/* Blocks go to two accumulators in turn (constant indices keep them in registers) while few rows leave
- * registers to spare. The fp16 scales of eight blocks convert in one instruction; a Q4_1 block's offset
- * times its sum of x accumulates eight blocks at a time the same way. */
+/* One accumulator per row, the same arithmetic for a row whatever the other rows are: a sequence's logits
+ * do not depend on how many rows its step has (so speculative verification gives the tokens one-row steps
+ * give). The fp16 scales of eight blocks convert in one instruction; a Q4_1 block's offset times its sum of
+ * x accumulates eight blocks at a time the same way. */
 INLINE void column_fused(const int type, const int rows, const uint8_t *row, int k, const float *x,
                          const float *x_sums, float *y, int n_stride) {
-    const int two = rows <= 4;
-    __m256 even[FUSED_ROWS], odd[FUSED_ROWS], offsets[FUSED_ROWS];
-    for (int r = 0; r < rows; r++) even[r] = odd[r] = offsets[r] = _mm256_setzero_ps();
+    __m256 sums[FUSED_ROWS], offsets[FUSED_ROWS];
+    for (int r = 0; r < rows; r++) sums[r] = offsets[r] = _mm256_setzero_ps();
     const int bytes = block_bytes(type), blocks = k / QK;
     int b = 0;
     for (; b + 8 <= blocks; b += 8) {
@@ -194,11 +193,8 @@ INLINE void column_fused(const int type, const int rows, const uint8_t *row, int
             __m256 q[4];
             block_quants(type, row + (size_t)(b + j) * bytes, q);
             const __m256 d = _mm256_broadcast_ss(scales + j);
-            for (int r = 0; r < rows; r++) {
-                const __m256 dot = block_dot(q, x + (size_t)r * k + (size_t)(b + j) * QK);
-                if (two && (j & 1)) odd[r] = _mm256_fmadd_ps(d, dot, odd[r]);
-                else even[r] = _mm256_fmadd_ps(d, dot, even[r]);
-            }
+            for (int r = 0; r < rows; r++)
+                sums[r] = _mm256_fmadd_ps(d, block_dot(q, x + (size_t)r * k + (size_t)(b + j) * QK), sums[r]);
         }
         if (type == TYPE_Q4_1) {
             const __m256 m = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)offset_bits));
@@ -213,25 +209,24 @@ INLINE void column_fused(const int type, const int rows, const uint8_t *row, int
         block_quants(type, block, q);
         const __m256 d = _mm256_set1_ps(half_to_float(block));
         for (int r = 0; r < rows; r++) {
-            even[r] = _mm256_fmadd_ps(d, block_dot(q, x + (size_t)r * k + (size_t)b * QK), even[r]);
+            sums[r] = _mm256_fmadd_ps(d, block_dot(q, x + (size_t)r * k + (size_t)b * QK), sums[r]);
             if (type == TYPE_Q4_1) tail[r] += half_to_float(block + 2) * x_sums[(size_t)r * blocks + b];
         }
     }
-    for (int r = 0; r < rows; r++)
-        y[(size_t)r * n_stride] = hsum(_mm256_add_ps(_mm256_add_ps(even[r], odd[r]), offsets[r])) + tail[r];
+    for (int r = 0; r < rows; r++) y[(size_t)r * n_stride] = hsum(_mm256_add_ps(sums[r], offsets[r])) + tail[r];
 }
 
 #define FUSED_CASE(T)                                                                                      \
     case T:                                                                                                \
         switch (rows) {                                                                                    \
-        case 1: column_fused(T, 1, row, k, x, x_sums, y, n_stride); return;                                       \
-        case 2: column_fused(T, 2, row, k, x, x_sums, y, n_stride); return;                                       \
-        case 3: column_fused(T, 3, row, k, x, x_sums, y, n_stride); return;                                       \
-        case 4: column_fused(T, 4, row, k, x, x_sums, y, n_stride); return;                                       \
-        case 5: column_fused(T, 5, row, k, x, x_sums, y, n_stride); return;                                       \
-        case 6: column_fused(T, 6, row, k, x, x_sums, y, n_stride); return;                                       \
-        case 7: column_fused(T, 7, row, k, x, x_sums, y, n_stride); return;                                       \
-        default: column_fused(T, 8, row, k, x, x_sums, y, n_stride); return;                                      \
+        case 1: column_fused(T, 1, row, k, x, x_sums, y, n_stride); return;                                \
+        case 2: column_fused(T, 2, row, k, x, x_sums, y, n_stride); return;                                \
+        case 3: column_fused(T, 3, row, k, x, x_sums, y, n_stride); return;                                \
+        case 4: column_fused(T, 4, row, k, x, x_sums, y, n_stride); return;                                \
+        case 5: column_fused(T, 5, row, k, x, x_sums, y, n_stride); return;                                \
+        case 6: column_fused(T, 6, row, k, x, x_sums, y, n_stride); return;                                \
+        case 7: column_fused(T, 7, row, k, x, x_sums, y, n_stride); return;                                \
+        default: column_fused(T, 8, row, k, x, x_sums, y, n_stride); return;                               \
         }
 static void column_fused_any(int type, int rows, const uint8_t *row, int k, const float *x, const float *x_sums,
                              float *y, int n_stride) {

@@ -40,6 +40,15 @@ class QuantizedMatmul:
                                                       out.data_ptr()), weight)
         return out
 
+    def same_kernel_rows(self, rows: int) -> int:
+        """The most rows a product can have and still take the kernel that `rows` rows take: a row's
+        arithmetic differs between kernels (not within one), so a step that keeps its kernel keeps every
+        row's result bit for bit."""
+        fused = self.library.fused_max_rows()
+        if rows <= fused:
+            return fused
+        return self.dense_from_rows - 1 if rows < self.dense_from_rows else rows
+
     def embedding(self, token_ids: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
         ids = token_ids.to(torch.int64).contiguous()
         out = torch.empty(ids.numel(), weight.in_features)

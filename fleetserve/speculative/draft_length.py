@@ -65,11 +65,14 @@ class DraftLengths:
         stats = self.acceptance.get(request_id)
         return stats.rate if stats else PRIOR_ACCEPTED / (PRIOR_ACCEPTED + PRIOR_REJECTED)
 
-    def choose(self, candidates: list[Candidate], decode_seqs: int, decode_context: int) -> dict[str, int]:
+    def choose(self, candidates: list[Candidate], decode_seqs: int, decode_context: int,
+               max_rows: int | None = None) -> dict[str, int]:
         """Drafts to verify per candidate, beside a step of `decode_seqs` decodes over `decode_context` tokens
-        (the candidates among them)."""
+        (the candidates among them), with at most `max_rows` decode rows in all."""
+        if max_rows is not None and max_rows <= decode_seqs:
+            return {c.request_id: 0 for c in candidates}
         if not self.adaptive:
-            return {c.request_id: c.drafts for c in candidates}
+            return _within_rows(candidates, decode_seqs, max_rows)
         assert self.cost is not None
         rows, context = decode_seqs, decode_context
         step_time = self.cost.step_time(StepShape(0, rows, context, 0))
@@ -86,8 +89,22 @@ class DraftLengths:
             gain = -negative_gain
             if gain <= 0 or (added > 0 and gain / added <= expected / step_time):
                 continue
+            if max_rows is not None and rows >= max_rows:
+                break
             chosen[candidate.request_id] = number
             rows, context, step_time, expected = rows + 1, context + candidate.context + number, longer, expected + gain
             if number < candidate.drafts:
                 heapq.heappush(frontier, (negative_gain * self.rate(candidate.request_id), index, number + 1))
         return chosen
+
+
+def _within_rows(candidates: list[Candidate], decode_seqs: int, max_rows: int | None) -> dict[str, int]:
+    """Every draft found, in candidate order, as long as the rows last."""
+    room = None if max_rows is None else max_rows - decode_seqs
+    chosen = {}
+    for candidate in candidates:
+        count = candidate.drafts if room is None else min(candidate.drafts, room)
+        chosen[candidate.request_id] = count
+        if room is not None:
+            room -= count
+    return chosen

@@ -33,8 +33,9 @@ QUESTIONS = [
 ]
 
 
-def repetitive_messages(index: int) -> list[dict[str, str]]:
-    passage = PASSAGES[index % len(PASSAGES)]
+def repetitive_messages(index: int, passages: int = 1) -> list[dict[str, str]]:
+    """A repetitive task over `passages` consecutive passages (from index), joined by a blank line."""
+    passage = "\n\n".join(PASSAGES[(index + i) % len(PASSAGES)] for i in range(passages))
     kind = index // len(PASSAGES) % 4
     if kind == 0:
         return [{"role": "user", "content": f"Repeat the following text exactly, word for word:\n\n{passage}"}]

@@ -86,3 +86,19 @@ def test_profile_features_follow_the_kernel_paths(library):
     from fleetserve.perf.profiled import KERNEL_DENSE_FROM_ROWS, KERNEL_FUSED_MAX_ROWS
     assert library.fused_max_rows() == KERNEL_FUSED_MAX_ROWS
     assert DENSE_FROM_ROWS == KERNEL_DENSE_FROM_ROWS
+
+
+def test_a_row_gives_the_same_result_whatever_the_other_rows_of_its_kernel(library):
+    """Rows up to the fused kernel's limit, and from there up to the dense path, each keep their arithmetic:
+    a sequence's logits do not depend on how many rows share its step (speculative verification relies on
+    it), and same_kernel_rows names how far a step may grow without changing kernel."""
+    matmul = QuantizedMatmul(library)
+    for kind in KINDS:
+        weight, _ = random_weight(kind, 40, 96, seed=3)
+        x = torch.randn(12, 96, generator=torch.Generator().manual_seed(4))
+        alone = matmul(x[:1], weight)
+        for rows in (2, 5, 8):
+            assert torch.equal(matmul(x[:rows], weight)[:1], alone)
+        assert torch.equal(matmul(x[:12], weight)[:1], matmul(x[:9], weight)[:1])
+    fused = library.fused_max_rows()
+    assert [matmul.same_kernel_rows(r) for r in (1, fused, fused + 1, 191, 192)] == [fused, fused, 191, 191, 192]

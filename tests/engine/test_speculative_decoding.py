@@ -7,7 +7,7 @@ import pytest
 
 from fleetserve.engine.llm import LLM
 from fleetserve.engine.sampling_params import SamplingParams
-from fleetserve.workload.repetitive import prompt_messages
+from fleetserve.workload.repetitive import prompt_messages, repetitive_messages
 
 METHODS = {"ngram": {"method": "ngram", "num_speculative_tokens": 6, "prompt_lookup_min": 2,
                      "prompt_lookup_max": 4},
@@ -47,6 +47,19 @@ def test_greedy_tokens_are_those_without_speculation_on_100_prompts(llm, spec_ll
     expected = [c.token_ids for c in llm.generate(prompts, greedy(32))]
     assert [c.token_ids for c in spec_llm.generate(prompts, greedy(32))] == expected
     assert [spec_llm.generate([p], greedy(32))[0].token_ids for p in prompts[:30]] == expected[:30]
+
+
+def test_a_near_tie_resolves_as_without_speculation_with_a_bf16_cache():
+    """Position 52 of this answer is a near tie (two tokens 0.01 apart in logprob); a bf16 KV cache turns the
+    last-bit differences of other arithmetic into visible ones. The block kernels give a row the same
+    arithmetic whatever the step's other rows, and drafts never move a step to another kernel, so the tie
+    resolves the same way."""
+    base = LLM(kv_cache_dtype="bfloat16", kv_cache_memory="64MiB")
+    spec = LLM(kv_cache_dtype="bfloat16", kv_cache_memory="64MiB", speculative_config=METHODS["ngram"])
+    prompt = base.chat_prompt(repetitive_messages(3, passages=3))
+    expected = base.generate([prompt], greedy(64))[0].token_ids
+    assert spec.generate([prompt], greedy(64))[0].token_ids == expected
+    assert spec.engine.speculation.stats.num_accepted_tokens > 0
 
 
 def test_logprobs_of_verified_positions_match_single_token_decoding(llm, spec_llm):
