@@ -12,6 +12,7 @@ import torch
 
 from fleetserve.engine.admission import RequestRefused, admission_refusal
 from fleetserve.engine.config import EngineConfig
+from fleetserve.engine.decode_row_cost import DecodeRowCost
 from fleetserve.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.engine.kv_cache import KVCacheManager, KVEvent
 from fleetserve.engine.online_step_cost import OnlineStepCost
@@ -116,10 +117,14 @@ class LLMEngine:
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
         self.speculation = None
+        self.decode_row_cost: DecodeRowCost | None = None
         if config.speculative:
+            assert self.step_cost is not None
+            self.decode_row_cost = DecodeRowCost(self.step_cost)
             # With GGUF-block weights a row's arithmetic depends only on which kernel its step takes.
             same_kernel_rows = quantized_matmul.same_kernel_rows if quantized_matmul else None
-            self.speculation = Speculation(config.speculative, self.step_cost, same_kernel_rows=same_kernel_rows)
+            self.speculation = Speculation(config.speculative, self.decode_row_cost,
+                                           same_kernel_rows=same_kernel_rows)
 
     def _quantized_weights(self, config: EngineConfig) -> tuple[dict[str, QuantizedWeight], QuantizedMatmul | None]:
         if config.weight_format == "dense":
@@ -247,7 +252,10 @@ class LLMEngine:
         if self.speculation is not None:
             self.speculation.propose(self.scheduler, self.max_model_len)
         if self.step_cost is not None:
-            self.step_cost.observe(shape_of(out), time.perf_counter() - started)
+            shape, seconds = shape_of(out), time.perf_counter() - started
+            self.step_cost.observe(shape, seconds)
+            if self.decode_row_cost is not None:
+                self.decode_row_cost.observe(shape, seconds)
         return outputs
 
     def _take_tokens(self, state: RequestState, results: list[SampleResult], finished: bool) -> list[int]:
