@@ -12,13 +12,6 @@ LLAMA_8B = {**LLAMA_70B, "hidden_size": 4096, "intermediate_size": 14336, "num_h
             "num_attention_heads": 32}
 
 
-@pytest.fixture
-def model_config(tmp_path):
-    path = tmp_path / "llama-8b.json"
-    path.write_text(json.dumps(LLAMA_8B))
-    return path
-
-
 def test_sim_writes_the_bench_serve_result_and_plots(tmp_path, model_config, capsys):
     out, plots, log = tmp_path / "sim.json", tmp_path / "plots", tmp_path / "requests.jsonl"
     code = main(["sim", "--synthetic", "rate=20,n=200,prompt=uniform:64:1024,output=uniform:8:128",

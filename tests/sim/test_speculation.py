@@ -156,14 +156,6 @@ def test_drafts_found_at_part_of_the_steps_verify_less_often():
     assert always.speculation.stats.num_drafts >= always.num_steps - 2
 
 
-@pytest.fixture
-def model_config(tmp_path):
-    from test_sim_cli import LLAMA_8B
-    path = tmp_path / "llama-8b.json"
-    path.write_text(json.dumps(LLAMA_8B))
-    return path
-
-
 def test_sim_reports_speculation(tmp_path, model_config, capsys):
     out = tmp_path / "sim.json"
     code = main(["sim", "--synthetic", "rate=20,n=30,prompt=uniform:64:256,output=uniform:8:64", "--fleet", "h100:1",
