@@ -5,6 +5,10 @@ prefill and decode phases. Running requests are served first, oldest first; when
 newest running request is preempted (its blocks freed, to be recomputed later) and goes back to the front
 of the queue, so the oldest requests always progress and none starves. Plain Python, no torch, no clock.
 
+A decoding request with drafted tokens (speculative decoding, `Request.spec_token_ids`) is scheduled for its
+known token and its drafts together, under the same budget; `update_from_output` keeps the accepted ones and
+rolls its computed tokens back past the rest.
+
 With `max_step_ms`, the step's token budget is what a step-cost model predicts fits in that time beside the
 step's decodes (fleetserve.engine.step_budget): decodes keep their pace while prompts go in smaller chunks.
 
