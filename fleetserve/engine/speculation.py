@@ -40,11 +40,13 @@ class Speculation:
         """Set the drafts of every running request whose next step is a decode."""
         candidates: list[Candidate] = []
         found: dict[str, list[int]] = {}
-        decode_seqs = decode_context = 0
+        decode_seqs = decode_context = prompt_left = 0
         max_draft = self.config.max_draft
         for request in scheduler.running:
             computed = request.num_computed_tokens
-            if len(request.prompt_token_ids) + len(request.output_token_ids) - computed != 1:
+            left = len(request.prompt_token_ids) + len(request.output_token_ids) - computed
+            if left != 1:
+                prompt_left += left
                 continue
             decode_seqs += 1
             decode_context += computed + 1
@@ -58,5 +60,10 @@ class Speculation:
                 candidates.append(Candidate(request.request_id, len(found[request.request_id]), computed + 1))
         requests = scheduler.requests
         max_rows = self.same_kernel_rows(decode_seqs) if self.same_kernel_rows and decode_seqs else None
-        for request_id, count in self.lengths.choose(candidates, decode_seqs, decode_context, max_rows).items():
+        # The next step's prompt tokens, as the scheduler will fill its budget: the running requests' rest of
+        # their prompts, and all the room left if requests wait to be admitted.
+        room = max(scheduler.config.max_num_batched_tokens - decode_seqs, 0)
+        prefill = min(room, room if scheduler.waiting else prompt_left)
+        chosen = self.lengths.choose(candidates, decode_seqs, decode_context, max_rows, prefill)
+        for request_id, count in chosen.items():
             requests[request_id].spec_token_ids = found[request_id][:count]

@@ -66,16 +66,18 @@ class DraftLengths:
         return stats.rate if stats else PRIOR_ACCEPTED / (PRIOR_ACCEPTED + PRIOR_REJECTED)
 
     def choose(self, candidates: list[Candidate], decode_seqs: int, decode_context: int,
-               max_rows: int | None = None) -> dict[str, int]:
+               max_rows: int | None = None, prefill_tokens: int = 0) -> dict[str, int]:
         """Drafts to verify per candidate, beside a step of `decode_seqs` decodes over `decode_context` tokens
-        (the candidates among them), with at most `max_rows` decode rows in all."""
+        (the candidates among them) and `prefill_tokens` prompt tokens, with at most `max_rows` decode rows in
+        all. Beside a prompt chunk a step is long and a row adds little to it, so drafts pay sooner."""
         if max_rows is not None and max_rows <= decode_seqs:
             return {c.request_id: 0 for c in candidates}
         if not self.adaptive:
             return _within_rows(candidates, decode_seqs, max_rows)
         assert self.cost is not None
-        rows, context = decode_seqs, decode_context
-        step_time = self.cost.step_time(StepShape(0, rows, context, 0))
+        rows, context = decode_seqs, decode_context + prefill_tokens
+        prefill_seqs = 1 if prefill_tokens else 0
+        step_time = self.cost.step_time(StepShape(prefill_tokens, rows, context, prefill_seqs))
         expected = float(decode_seqs)
         chosen = {c.request_id: 0 for c in candidates}
         # (-gain, request index, draft number): each request's next draft, best first.
@@ -84,7 +86,8 @@ class DraftLengths:
         while frontier:
             negative_gain, index, number = heapq.heappop(frontier)
             candidate = candidates[index]
-            longer = self.cost.step_time(StepShape(0, rows + 1, context + candidate.context + number, 0))
+            longer = self.cost.step_time(StepShape(prefill_tokens, rows + 1, context + candidate.context + number,
+                                                   prefill_seqs))
             added = longer - step_time
             gain = -negative_gain
             if gain <= 0 or (added > 0 and gain / added <= expected / step_time):

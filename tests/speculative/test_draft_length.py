@@ -8,11 +8,11 @@ from fleetserve.speculative.draft_length import Candidate, DraftLengths
 class LinearCost:
     """A step of fixed cost plus a cost per decode row, as on a CPU that reads the weights once a step."""
 
-    def __init__(self, fixed: float = 0.013, per_row: float = 0.003) -> None:
-        self.fixed, self.per_row = fixed, per_row
+    def __init__(self, fixed: float = 0.013, per_row: float = 0.003, per_prompt_token: float = 0.001) -> None:
+        self.fixed, self.per_row, self.per_prompt_token = fixed, per_row, per_prompt_token
 
     def step_time(self, shape: StepShape) -> float:
-        return self.fixed + self.per_row * shape.decode_seqs
+        return self.fixed + self.per_row * shape.decode_seqs + self.per_prompt_token * shape.prefill_tokens
 
 
 def accepting(lengths: DraftLengths, request_id: str, accepted: int, rejected: int) -> None:
@@ -67,3 +67,11 @@ def test_release_forgets_a_request():
     accepting(lengths, "a", accepted=0, rejected=30)
     lengths.release("a")
     assert lengths.rate("a") == 0.5
+
+
+def test_beside_a_prompt_chunk_a_row_is_cheap_and_drafts_pay_sooner():
+    lengths = DraftLengths(LinearCost())
+    accepting(lengths, "a", accepted=3, rejected=12)  # about 0.24 per draft
+    alone = lengths.choose([Candidate("a", 8, 100)], decode_seqs=4, decode_context=400)
+    beside_chunk = lengths.choose([Candidate("a", 8, 100)], decode_seqs=4, decode_context=400, prefill_tokens=256)
+    assert alone == {"a": 0} and beside_chunk["a"] >= 1
