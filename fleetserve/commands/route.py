@@ -126,11 +126,23 @@ def router_config(args: argparse.Namespace, backends: list[str], tokenizer: str 
 
 
 def run(args: argparse.Namespace) -> int:
+    from fleetserve.fleet.replicas import parse_backend
     from fleetserve.fleet.router import run_router
     if not args.backend:
         print("fleetserve route: warning: no --backend given; every request gets 503 until one is added with "
               "POST /admin/replicas", file=sys.stderr)
-    return run_router(router_config(args, args.backend, args.tokenizer))
+    config = router_config(args, args.backend, args.tokenizer)
+    plan = config.policy_options.routing_plan
+    if plan is not None:
+        pools = [parse_backend(backend)[1] for backend in args.backend]
+        for pool in pools:
+            plan.check_pool(pool)
+        missing = [pool for pool in plan.pools if pool not in pools]
+        if missing:
+            print(f"fleetserve route: warning: no --backend for the plan's pool(s) {', '.join(missing)}; their "
+                  f"requests go to the other pools until such replicas are added with POST /admin/replicas",
+                  file=sys.stderr)
+    return run_router(config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -109,6 +109,8 @@ class RouterState:
         root = normalize_backend_url(url)
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
+        if self.config.policy_options.routing_plan is not None:
+            self.config.policy_options.routing_plan.check_pool(pool)
         replica = Replica(replica_id or default_replica_id(root), root, weight,
                           block_size=self.config.default_block_size, pool=pool)
         self.registry.add(replica)  # checks for duplicates before anything is sent

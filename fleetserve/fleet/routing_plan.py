@@ -63,6 +63,13 @@ class RoutingPlan:
     def pools(self) -> list[str]:
         return sorted({pool for shares in self.weights.values() for pool in shares})
 
+    def check_pool(self, pool: str | None) -> None:
+        """A replica labelled with a pool the plan does not name would never get its share: refuse the label
+        (a replica with no pool only takes requests whose pools have no healthy replica)."""
+        if pool is not None and pool not in self.pools:
+            raise ValueError(f"pool {pool!r} is not one of the routing plan's pools ({', '.join(self.pools)}); "
+                             f"label the replica with one of them, as in {self.pools[0]}=http://host:port")
+
     def to_jsonable(self) -> dict[str, Any]:
         return {"input_edges": list(self.buckets.input_edges), "output_edges": list(self.buckets.output_edges),
                 "weights": [{"bucket": list(bucket), "label": self.buckets.label(bucket), "shares": shares}

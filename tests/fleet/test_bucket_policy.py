@@ -152,6 +152,10 @@ def test_the_router_routes_by_a_plan_to_backends_named_with_their_pool(start_rou
     added = httpx.post(f"{router.url}/admin/replicas", json={"url": l4.url, "id": "l4-0", "pool": "l4"}, timeout=10)
     assert added.status_code == 201 and added.json()["pool"] == "l4"
     assert router.replicas()["l4-0"]["pool"] == "l4"
+    misspelled = httpx.post(f"{router.url}/admin/replicas", json={"url": "http://127.0.0.1:9", "pool": "a10"},
+                            timeout=10)
+    assert misspelled.status_code == 400 and "'a10' is not one of the routing plan's pools (a100, l4)" in \
+        misspelled.json()["error"]["message"]
 
     def served_by(prompt: str) -> str:
         response = httpx.post(f"{router.url}/v1/completions", json={"prompt": prompt, "max_tokens": 4}, timeout=10)
@@ -166,3 +170,12 @@ def test_the_router_refuses_the_bucket_policy_without_a_plan():
     result = subprocess.run([sys.executable, "-m", "fleetserve.cli", "route", "--policy", "bucket",
                              "--tokenizer", "none"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--plan PLAN.json" in result.stderr
+
+
+def test_the_router_refuses_a_backend_labelled_with_a_pool_the_plan_does_not_name(tmp_path):
+    plan_path = tmp_path / "plan.json"
+    plan_path.write_text(json.dumps({"routing": plan({SHORT: {"l4": 1.0}, LONG: {"a100": 1.0}}).to_jsonable()}))
+    result = subprocess.run([sys.executable, "-m", "fleetserve.cli", "route", "--policy", "bucket", "--plan",
+                             str(plan_path), "--backend", "a10=http://127.0.0.1:9", "--tokenizer", "none"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "pool 'a10' is not one of the routing plan's pools (a100, l4)" in result.stderr
