@@ -4,8 +4,9 @@ Each step goes as in the engine's loop: the requests that arrived during the pre
 scheduler builds the batch, the step lasts as long as the performance model says, and at its end the
 scheduler is updated with one sampled token per sampling request. Tokens are dummies: requests run with
 ignore_eos, so only the trace's output length (max_tokens) or the context length ends them. A request
-arriving mid-step joins the next step. Runs of pure decode steps are planned and applied by the scheduler
-(`Scheduler.begin_decode_run`) and timed as segments (fleetserve.sim.segment), with the same results.
+arriving mid-step joins the next step. Runs of pure decode steps are planned and applied on the scheduler
+(`begin_decode_run`, fleetserve.engine.decode_run_start) and timed as segments (fleetserve.sim.segment),
+with the same results.
 
 With speculative decoding (`ReplicaConfig.speculative`), the engine's own `Speculation` chooses each
 decoding request's drafts after every step, from placeholder drafts and the replica's performance model as
