@@ -157,30 +157,40 @@ class SimReplica:
     def _end_step(self, now: float) -> None:
         out, self.pending = self.pending, None
         assert out is not None
-        if self.speculation is not None:
-            self._end_speculative_step(out, now)
-            return
-        sampled = {item.request.request_id: 0 for item in out.scheduled if item.samples}
+        outputs_before: dict[str, int] | None = None  # with speculation: a request may emit several tokens
+        if self.speculation is None:
+            sampled: dict[str, int | list[int]] = {item.request.request_id: 0 for item in out.scheduled
+                                                   if item.samples}
+        else:
+            sampled, outputs_before = self._draw_verifications(out)
         finished = self.scheduler.update_from_output(out, sampled)
         record_times = self.options.record_token_times
         router = self.router
         for request_id in sampled:
             tracked = self.tracked[request_id]
+            emitted = 1 if outputs_before is None else tracked.request.num_output_tokens - outputs_before[request_id]
+            if emitted <= 0:
+                continue
             record = tracked.record
             if record_times:
-                record.token_times_s.append(now)
+                if emitted == 1:
+                    record.token_times_s.append(now)
+                else:
+                    record.token_times_s.extend([now] * emitted)
             if record.first_token_s is None:
                 record.first_token_s = now
                 router.first_byte(tracked.ticket, now)
-            router.progress(tracked.ticket, 1)
+            router.progress(tracked.ticket, emitted)
         for request in finished:
             self.complete(self.tracked[request.request_id], now)
         self.num_full_steps += 1
         self.count_steps(1, now - self.step_start)
+        if self.speculation is not None:  # the next step's drafts, chosen after the update as the engine does
+            self.speculation.propose(self.scheduler, self.max_model_len)
 
-    def _end_speculative_step(self, out: SchedulerOutput, now: float) -> None:
-        """As `_end_step`, for a step that may verify drafts: a request emits its accepted drafts and one more
-        token, and the next step's drafts are chosen after the update, as the engine does."""
+    def _draw_verifications(self, out: SchedulerOutput) -> tuple[dict[str, int | list[int]], dict[str, int]]:
+        """The step's sampled tokens when it may verify drafts: for a verification, the accepted drafts (as the
+        acceptance model draws) and one more token; and each sampling request's output count before it."""
         speculation, acceptance = self.speculation, self.acceptance
         assert speculation is not None and acceptance is not None
         sampled: dict[str, int | list[int]] = {}
@@ -196,26 +206,7 @@ class SimReplica:
                 sampled[request_id] = [0] * (accepted + 1)
             else:
                 sampled[request_id] = 0
-        finished = self.scheduler.update_from_output(out, sampled)
-        record_times = self.options.record_token_times
-        router = self.router
-        for request_id, before in outputs_before.items():
-            tracked = self.tracked[request_id]
-            emitted = tracked.request.num_output_tokens - before
-            if emitted <= 0:
-                continue
-            record = tracked.record
-            if record_times:
-                record.token_times_s.extend([now] * emitted)
-            if record.first_token_s is None:
-                record.first_token_s = now
-                router.first_byte(tracked.ticket, now)
-            router.progress(tracked.ticket, emitted)
-        for request in finished:
-            self.complete(self.tracked[request.request_id], now)
-        self.num_full_steps += 1
-        self.count_steps(1, now - self.step_start)
-        speculation.propose(self.scheduler, self.max_model_len)
+        return sampled, outputs_before
 
     def _apply_segment(self, segment: Segment) -> None:
         finished = segment.apply(self.scheduler, self.router, self.options.record_token_times)

@@ -66,13 +66,7 @@ def _speculation_stats(replicas: list[SimReplica]) -> dict[str, Any] | None:
         return None
     total = SpeculationStats()
     for one in stats:
-        total.num_drafts += one.num_drafts
-        total.num_draft_tokens += one.num_draft_tokens
-        total.num_accepted_tokens += one.num_accepted_tokens
-        for position, count in enumerate(one.accepted_per_position):
-            if position == len(total.accepted_per_position):
-                total.accepted_per_position.append(0)
-            total.accepted_per_position[position] += count
+        total.add(one)
     return total.as_dict()
 
 

@@ -20,6 +20,17 @@ class SpeculationStats:
         for position in range(accepted):
             self.accepted_per_position[position] += 1
 
+    def add(self, other: SpeculationStats) -> None:
+        """Count another's drafts too (a fleet's replicas in one sum)."""
+        self.num_drafts += other.num_drafts
+        self.num_draft_tokens += other.num_draft_tokens
+        self.num_accepted_tokens += other.num_accepted_tokens
+        missing = len(other.accepted_per_position) - len(self.accepted_per_position)
+        if missing > 0:
+            self.accepted_per_position.extend([0] * missing)
+        for position, count in enumerate(other.accepted_per_position):
+            self.accepted_per_position[position] += count
+
     @property
     def acceptance_rate(self) -> float:
         return self.num_accepted_tokens / self.num_draft_tokens if self.num_draft_tokens else 0.0
