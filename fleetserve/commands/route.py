@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fleetserve.commands.batch_arguments import add_batch_arguments, batch_options
 from fleetserve.fleet.config import RouterConfig
+from fleetserve.fleet.disaggregation import MODES, ROLES, DisaggregationRule, check_role
 from fleetserve.fleet.offline_gate import OfflineGate
 from fleetserve.fleet.policies import ALL_POLICY_NAMES, PolicyOptions
 from fleetserve.fleet.routing_plan import RoutingPlan
@@ -95,6 +96,43 @@ def add_router_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGro
     parser.add_argument("--health-interval", type=float, default=RouterConfig.health_interval_s, metavar="SECONDS")
     parser.add_argument("--max-attempts", type=int, default=RouterConfig.max_attempts,
                         help="replicas tried for one request before it fails (only before its first byte)")
+    add_disaggregation_arguments(parser)
+
+
+def add_disaggregation_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Replica roles and the prefill/decode decision (fleetserve.fleet.disaggregation)."""
+    parser.add_argument("--roles", default=None, metavar="ROLE,ROLE,...",
+                        help=f"the replicas' roles, one per --backend (or per replica with --replicas N), in order: "
+                             f"{', '.join(ROLES)} (default: all mixed). Prefill replicas only compute prompts and hand "
+                             f"their KV to decode replicas")
+    parser.add_argument("--disaggregation", choices=MODES, default=DisaggregationRule.mode,
+                        help="when a decode replica's prompt is prefilled on a prefill replica: conditional (when "
+                             "its uncached part exceeds --min-remote-prefill-tokens and the prefill pool is not backed "
+                             "up), always, or never")
+    parser.add_argument("--min-remote-prefill-tokens", type=int, default=DisaggregationRule.min_remote_prefill_tokens,
+                        help="conditional: prompts with at most this many tokens uncached on the decode replica are "
+                             "prefilled there")
+    parser.add_argument("--max-prefill-queue", type=int, default=DisaggregationRule.max_prefill_queue,
+                        help="conditional: prefill locally while the least busy prefill replica has this many "
+                             "requests in flight")
+    parser.add_argument("--prefill-timeout", type=float, default=RouterConfig.prefill_timeout_s, metavar="SECONDS",
+                        help="a remote prefill with no answer by then is dropped and the prompt prefilled locally")
+
+
+def parse_roles(text: str | None, count: int, counted_by: str) -> list[str]:
+    """The --roles list, one role per backend (`counted_by` names the flag that counts them)."""
+    if text is None:
+        return []
+    roles = [role.strip() for role in text.split(",")]
+    for role in roles:
+        try:
+            check_role(role)
+        except ValueError as exc:
+            raise ValueError(f"--roles: {exc}") from None
+    if len(roles) != count:
+        raise ValueError(f"--roles names {len(roles)} role(s) ({text}) but {counted_by} gives {count} replica(s); "
+                         f"give one role per replica, in order")
+    return roles
 
 
 def add_route_arguments(parser: argparse.ArgumentParser) -> None:
@@ -115,14 +153,17 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
 
 
-def router_config(args: argparse.Namespace, backends: list[str], tokenizer: str | None) -> RouterConfig:
+def router_config(args: argparse.Namespace, backends: list[str], tokenizer: str | None,
+                  counted_by: str = "--backend") -> RouterConfig:
     options = policy_options(args)
-    return RouterConfig(backends=backends, policy=args.policy, host=args.host, port=args.port, tokenizer=tokenizer,
+    rule = DisaggregationRule(args.disaggregation, args.min_remote_prefill_tokens, args.max_prefill_queue)
+    return RouterConfig(backends=backends, roles=parse_roles(args.roles, len(backends), counted_by),
+                        policy=args.policy, host=args.host, port=args.port, tokenizer=tokenizer,
                         policy_options=options, health_interval_s=args.health_interval,
                         max_attempts=args.max_attempts, prefix_ttl_s=args.prefix_ttl,
                         default_block_size=getattr(args, "block_size", RouterConfig.default_block_size),
                         log_level=args.log_level, access_log=not args.no_access_log,
-                        batches=batch_options(args))
+                        disaggregation=rule, prefill_timeout_s=args.prefill_timeout, batches=batch_options(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,9 +13,10 @@ import os
 import sys
 
 from fleetserve.commands.engine_arguments import add_engine_arguments
-from fleetserve.commands.route import add_router_arguments, router_config
+from fleetserve.commands.route import add_router_arguments, parse_roles, router_config
 from fleetserve.commands.serve_arguments import add_serve_arguments
 from fleetserve.engine.config import parse_size
+from fleetserve.fleet.config import RouterConfig
 from fleetserve.fleet.launcher import ReplicaPlan, plan_replicas
 
 # Flags the launcher decides per replica, or that belong to the router: never passed on as given.
@@ -23,7 +24,8 @@ _NOT_PASSED_ON = {"help", "host", "port", "threads", "kv_cache_memory", "replica
                   "kv_cache_memory_per_replica", "policy", "ttft_slo_ms", "prefill_tokens_per_s",
                   "max_imbalance_tokens", "max_imbalance_ratio", "hot_key_factor", "session_load_factor",
                   "prefix_ttl", "health_interval", "max_attempts", "plan", "online_busy_in_flight",
-                  "offline_max_in_flight", "batch_db", "batch_concurrency", "no_batch_api"}
+                  "offline_max_in_flight", "batch_db", "batch_concurrency", "no_batch_api", "roles",
+                  "disaggregation", "min_remote_prefill_tokens", "max_prefill_queue", "prefill_timeout"}
 
 
 def add_fleet_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +54,17 @@ def fleet_plan(args: argparse.Namespace) -> list[ReplicaPlan]:
     ports = [replica.port for replica in plan]
     if args.port in ports:
         raise ValueError(f"the replica ports {ports} include the router's --port {args.port}")
+    parse_roles(args.roles, count, _counted_by(args))  # refused before any model is loaded
     return plan
+
+
+def _counted_by(args: argparse.Namespace) -> str:
+    return f"--replicas {args.replicas}"
+
+
+def fleet_router_config(args: argparse.Namespace, plan: list[ReplicaPlan], tokenizer: str) -> RouterConfig:
+    """The router's config: the replicas of the plan as its backends, in order, with their --roles."""
+    return router_config(args, [f"http://127.0.0.1:{replica.port}" for replica in plan], tokenizer, _counted_by(args))
 
 
 def replica_argv(args: argparse.Namespace, port: int, threads: int, kv_cache_bytes: int) -> list[str]:
@@ -89,5 +101,5 @@ def run(args: argparse.Namespace) -> int:
     plan = fleet_plan(args)
     folder = resolve_model(args.model, args.cache_dir)  # convert once here, not N times in parallel
     argvs = [replica_argv(args, replica.port, replica.threads, replica.kv_cache_bytes) for replica in plan]
-    config = router_config(args, [f"http://127.0.0.1:{replica.port}" for replica in plan], str(folder))
+    config = fleet_router_config(args, plan, str(folder))
     return run_fleet(plan, argvs, config, Tokenizer(folder), args.shutdown_timeout)

@@ -1,4 +1,5 @@
-"""Forwarding one request: pick a replica, send the body unchanged, pass the answer through as bytes.
+"""Forwarding one request: pick a replica, send the body unchanged (but for the `kv_transfer_params` a
+prefill hand-off adds: fleetserve.fleet.prefill_handoff), pass the answer through as bytes.
 
 Nothing reaches the client until the chosen replica has sent its first body byte, so until then any
 failure (refused or dropped connection, 429/502/503/504) is retried on another replica, up to
@@ -20,6 +21,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from fleetserve.fleet.policy_basics import NoHealthyReplica
+from fleetserve.fleet.prefill_handoff import PrefillHandoff
 from fleetserve.fleet.replicas import Replica, Ticket
 from fleetserve.fleet.request_info import RoutedCall
 from fleetserve.wire.errors import APIError, describe_error, error_body
@@ -109,9 +111,12 @@ class RelayResponse(StreamingResponse):
 
 def _no_replica(router: RouterState, call: RoutedCall, failures: list[str]) -> APIError:
     retry_after = str(router.config.retry_after_s)
+    no_decoder = router.describe_no_decoder(call.model)
     if failures:
         message = (f"no replica could take the request after {len(failures)} attempt(s): {'; '.join(failures)}; "
                    f"retry after {retry_after}s")
+    elif no_decoder is not None:
+        message = f"no replica can decode the request: {no_decoder}"
     else:
         message = f"no healthy replica{router.model_clause(call.model)}: {router.describe_unhealthy()}; " \
                   f"retry after {retry_after}s"
@@ -168,6 +173,7 @@ async def _attempt(router: RouterState, replica: Replica, path: str, raw_body: b
 async def forward(router: RouterState, request: Request, path: str, raw_body: bytes, call: RoutedCall,
                   policy_name: str) -> Response:
     headers = upstream_headers(request)
+    handoff = PrefillHandoff(router, path, raw_body, headers, call)
     tried: set[str] = set()
     failures: list[str] = []
     last_refusal: tuple[Answer, Replica] | None = None
@@ -175,14 +181,14 @@ async def forward(router: RouterState, request: Request, path: str, raw_body: by
         await router.hold_offline(call)
     for _ in range(router.config.max_attempts):
         try:
-            replica, cached_tokens = router.choose(call, policy_name, tried, request.headers)
+            routing = router.choose(call, policy_name, tried, request.headers)
         except NoHealthyReplica:
             break
+        replica = routing.replica
         tried.add(replica.replica_id)
-        ticket = replica.begin(max(call.prompt_tokens - cached_tokens, 0), call.max_output_tokens, time.monotonic(),
-                               offline=call.offline)
+        ticket = await handoff.begin(routing)
         try:
-            answer = await _attempt(router, replica, path, raw_body, headers)
+            answer = await _attempt(router, replica, path, handoff.body, headers)
         except (httpx.HTTPError, StopAsyncIteration, ReplicaEjected) as exc:
             router.request_ended(replica, ticket)
             failures.append(f"{replica.replica_id}: {describe_error(exc)}")

@@ -65,6 +65,7 @@ class Replica:
     reported: dict[str, float] = field(default_factory=dict)  # from the replica's /metrics
     kv_feed: str = "connecting"  # "connecting", "streaming", or "none" when the replica offers no feed
     pool: str | None = None  # hardware pool, as a routing plan names it
+    role: str = "mixed"  # "mixed", "prefill" or "decode" (fleetserve.fleet.disaggregation)
 
     # --- request lifecycle -------------------------------------------------------------------------
 
@@ -138,10 +139,11 @@ class Replica:
                             decoding_tokens=max(self.decoding_tokens, 0),
                             kv_usage=self.reported.get("kv_usage", 0.0), block_size=self.block_size,
                             cached_prefix_tokens=cached_prefix_tokens,
-                            prefill_tokens_per_s=self.prefill_tokens_per_s, weight=self.weight, pool=self.pool)
+                            prefill_tokens_per_s=self.prefill_tokens_per_s, weight=self.weight, pool=self.pool,
+                            role=self.role)
 
     def describe(self) -> dict:
-        return {"id": self.replica_id, "url": self.url, "pool": self.pool, "healthy": self.healthy,
+        return {"id": self.replica_id, "url": self.url, "pool": self.pool, "role": self.role, "healthy": self.healthy,
                 "weight": self.weight, "models": list(self.models), "in_flight": self.in_flight,
                 "offline_in_flight": self.offline_in_flight,
                 "waiting_prefill_tokens": self.waiting_prefill_tokens, "decoding_tokens": self.decoding_tokens,

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetserve.api.batch_api import BatchAPI
 from fleetserve.fleet.config import RouterConfig
+from fleetserve.fleet.disaggregation import check_role
 from fleetserve.fleet.health import PROBE_TIMEOUT_S, probe_backend
 from fleetserve.fleet.proxy import forward
 from fleetserve.fleet.replicas import DuplicateReplica, UnknownReplica, normalize_backend_url, parse_backend
@@ -45,6 +46,7 @@ class AddReplica(BaseModel):
     id: str | None = Field(None, min_length=1, description="a name for it (default: host:port)")
     weight: float = Field(1.0, gt=0, description="relative capacity, for mixed hardware")
     pool: str | None = Field(None, min_length=1, description="its hardware pool, as a routing plan names it (a100)")
+    role: str = Field("mixed", description="mixed, prefill (computes prompts for decode replicas) or decode")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -133,7 +135,11 @@ def create_router_app(router: RouterState) -> FastAPI:
     @app.post("/admin/replicas", status_code=201)
     async def add_replica(body: AddReplica) -> JSONResponse:
         try:
-            replica = await router.add_backend(body.url, body.id, body.weight, body.pool)
+            check_role(body.role)
+        except ValueError as exc:
+            raise bad_request(str(exc), "role") from None
+        try:
+            replica = await router.add_backend(body.url, body.id, body.weight, body.pool, body.role)
         except (NotAnOpenAIServer, InvalidServerURL) as exc:
             raise bad_request(str(exc), "url") from None
         except DuplicateReplica as exc:
@@ -229,5 +235,8 @@ def run_router(config: RouterConfig) -> int:
     server = build_server(config, tokenizer)
     logger.info("fleetserve router: %d backend(s), policy %s, at %s/v1", len(config.backends), config.policy,
                 config.url)
+    if any(role != "mixed" for role in config.roles):
+        logger.info("fleetserve router: replica roles %s, %s disaggregation", ",".join(config.roles),
+                    config.disaggregation.mode)
     server.run()
     return 0

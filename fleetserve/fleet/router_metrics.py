@@ -1,10 +1,11 @@
 """The router's Prometheus metrics: per-replica load and health (read at scrape time), routing decisions
-per policy, estimated prefix hits, retries, ejections, mid-stream failures and requests by status."""
+per policy, estimated prefix hits, retries, ejections, mid-stream failures, remote prefills (and their
+fallbacks and hand-off times) and requests by status."""
 from __future__ import annotations
 
 from typing import Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -71,6 +72,15 @@ class RouterMetrics:
         self.readmissions = counter("readmissions", "Times an ejected (or new) replica was admitted", ["replica"])
         self.stream_failures = counter("stream_failures", "Streams that broke after their first byte reached the "
                                                           "client (ended with an error event)", ["replica"])
+        self.remote_prefills = counter("remote_prefills", "Prompts prefilled on a prefill replica whose KV hand-off "
+                                       "went to the decode replica, by prefill replica", ["replica"])
+        self.prefill_fallbacks = counter("prefill_fallbacks", "Remote prefills that failed, so the decode replica "
+                                         "prefilled the prompt itself, by prefill replica and why",
+                                         ["replica", "reason"])
+        self.prefill_handoff_seconds = Histogram(
+            "fleetserve:router_prefill_handoff_seconds", "Time from sending a prompt to a prefill replica until its "
+            "kv_transfer_params came back, by prefill replica", ["replica"], registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
         self.requests = counter("requests", "Requests answered, by endpoint and status", ["endpoint", "status"])
         self.offline_held = Counter("fleetserve:router_offline_held_requests", "Offline requests that waited at the "
                                     "router for a replica with room", registry=self.registry)

@@ -12,11 +12,12 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import httpx
 
 from fleetserve.fleet.config import RouterConfig
+from fleetserve.fleet.disaggregation import check_role, decode_candidates
 from fleetserve.fleet.health import HealthMonitor, probe_backend
 from fleetserve.fleet.kv_feed import KVFeedFollower
 from fleetserve.fleet.offline_hold import OfflineHold
@@ -42,6 +43,13 @@ POLICY_HEADER = "x-fleetserve-policy"
 SESSION_HEADER = "x-session-id"
 TTFT_SLO_HEADER = "x-fleetserve-ttft-slo-ms"
 INDEX_EXPIRY_INTERVAL_S = 10.0
+
+
+class Routing(NamedTuple):
+    replica: Replica  # decodes the request (and prefills it, unless `prefill` does)
+    cached_tokens: int  # of the prompt, expected cached on `replica`
+    prefill: Replica | None = None  # where the disaggregation rule sends the prompt's prefill, if anywhere
+    prefill_cached_tokens: int = 0
 
 
 class RouterState:
@@ -80,9 +88,9 @@ class RouterState:
         self._monitor = HealthMonitor(self._client, self.config, self._health_changed)
         self._feeds = KVFeedFollower(self._client, self.index)
         self._expiry = asyncio.create_task(self._expire_index())
-        for backend in self.config.backends:
+        for backend, role in self.config.backend_roles():
             url, pool = parse_backend(backend)
-            await self.add_backend(url, pool=pool)
+            await self.add_backend(url, pool=pool, role=role)
 
     async def stop(self) -> None:
         if self._expiry is not None:
@@ -102,17 +110,18 @@ class RouterState:
     # --- membership -----------------------------------------------------------------------------------
 
     async def add_backend(self, url: str, replica_id: str | None = None, weight: float = 1.0,
-                          pool: str | None = None) -> Replica:
+                          pool: str | None = None, role: str = "mixed") -> Replica:
         """Register a backend. A bad URL (InvalidServerURL), a duplicate (DuplicateReplica) and a backend
         that answers but is not an OpenAI server (NotAnOpenAIServer) are refused; one that does not answer
         yet is registered unhealthy and joins once its health check passes."""
         root = normalize_backend_url(url)
         if not weight > 0:
             raise ValueError(f"weight must be positive, got {weight}")
+        check_role(role)
         if self.config.policy_options.routing_plan is not None:
             self.config.policy_options.routing_plan.check_pool(pool)
         replica = Replica(replica_id or default_replica_id(root), root, weight,
-                          block_size=self.config.default_block_size, pool=pool)
+                          block_size=self.config.default_block_size, pool=pool, role=role)
         self.registry.add(replica)  # checks for duplicates before anything is sent
         try:
             replica.models = await probe_backend(self.client, root)
@@ -193,10 +202,20 @@ class RouterState:
             return "no replicas are registered (add one with POST /admin/replicas)"
         return "; ".join(f"{r.replica_id} ({r.url}): {r.last_error or 'not checked yet'}" for r in self.registry)
 
+    def describe_no_decoder(self, model: str | None) -> str | None:
+        """Why no replica can decode although some are healthy: all of those are prefill replicas."""
+        healthy = [r for r in self.registry if r.healthy and self.serves(r, model)]
+        if not healthy or any(r.role != "prefill" for r in healthy):
+            return None
+        return (f"every healthy replica{self.model_clause(model)} is a prefill replica "
+                f"({', '.join(r.replica_id for r in healthy)}), and prefill replicas only compute prompts for "
+                f"decode replicas; add a decode or mixed replica (POST /admin/replicas with \"role\")")
+
     def choose(self, call: RoutedCall, policy_name: str, excluded: set[str],
-               headers: Mapping[str, str]) -> tuple[Replica, int]:
-        """The replica for this attempt and the prompt tokens expected cached there; raises
-        NoHealthyReplica when no healthy replica (serving the model) is left to try."""
+               headers: Mapping[str, str]) -> Routing:
+        """The replica for this attempt (never a prefill replica), the prompt tokens expected cached there,
+        and the prefill replica the disaggregation rule sends its prompt to, if any; raises NoHealthyReplica
+        when no healthy replica (serving the model) is left to decode it."""
         now = time.monotonic()
         candidates = [r for r in self.registry if r.replica_id not in excluded and self.serves(r, call.model)]
         cached: dict[str, int] = {}
@@ -209,22 +228,31 @@ class RouterState:
                                block_hashes=call.block_hashes(block_size), session_key=call.session_key,
                                ttft_slo_ms=ttft_slo_of(headers), offline=call.offline)
         snapshot = FleetSnapshot(tuple(r.state(cached[r.replica_id]) for r in candidates))
+        decoders = decode_candidates(snapshot)
         # An offline request was let through the hold because a replica had room; on a retry there may be
         # none left, and then the routing policy places it.
-        chosen = self.offline_gate.choose(request, snapshot) if call.offline else None
-        replica = self.registry.get(chosen or self.policies[policy_name].choose(request, snapshot))
+        chosen = self.offline_gate.choose(request, decoders) if call.offline else None
+        replica = self.registry.get(chosen or self.policies[policy_name].choose(request, decoders))
+        decoder = next(r for r in decoders.replicas if r.replica_id == replica.replica_id)
+        prefill_id = self.config.disaggregation.choose_prefill(request, decoder, snapshot)
+        prefill = self.registry.get(prefill_id) if prefill_id is not None else None
         self.metrics.decisions.labels(policy_name, replica.replica_id).inc()
         self.metrics.prompt_tokens.labels(replica.replica_id).inc(call.prompt_tokens)
         self.metrics.prefix_hit_tokens.labels(replica.replica_id).inc(cached[replica.replica_id])
+        self.record_routed(replica, call, now)
+        return Routing(replica, cached[replica.replica_id], prefill,
+                       cached[prefill.replica_id] if prefill is not None else 0)
+
+    def record_routed(self, replica: Replica, call: RoutedCall, now: float) -> None:
+        """The replica is about to hold the call's prompt in its prefix cache."""
         ttl = self.config.pending_ttl_s if replica.kv_feed == "streaming" else self.config.prefix_ttl_s
         self.index.routed(replica.replica_id, call.block_hashes(replica.block_size), now, ttl)
-        return replica, cached[replica.replica_id]
 
     async def hold_offline(self, call: RoutedCall) -> None:
         """Wait until some replica serving the call's model has room for offline work (see OfflineGate)."""
         def has_room() -> bool:
             return any(self.offline_gate.has_room(replica.state()) for replica in self.registry
-                       if self.serves(replica, call.model))
+                       if self.serves(replica, call.model) and replica.role != "prefill")
 
         waited = await self.offline_hold.wait_turn(has_room)
         if waited > 0:
@@ -248,6 +276,16 @@ class RouterState:
         if status != 429:  # 429 is a full queue, not a failure
             assert self._monitor is not None
             self._monitor.request_failed(replica, f"a request got HTTP {status}", conclusive=False)
+
+    def prefill_failed(self, replica: Replica, reason: str, error: str, health: bool, conclusive: bool = False) -> None:
+        """A remote prefill failed (`reason`, a metric label) and the decode replica prefills locally; `health`:
+        the failure says the prefill replica is unwell, and counts like a failed health check."""
+        self.metrics.prefill_fallbacks.labels(replica.replica_id, reason).inc()
+        logger.warning("fleetserve router: remote prefill on %s failed (%s); prefilling on the decode replica",
+                       replica.replica_id, error)
+        if health:
+            assert self._monitor is not None
+            self._monitor.request_failed(replica, f"a remote prefill failed: {error}", conclusive)
 
     def stream_failed(self, replica: Replica, exc: BaseException) -> None:
         self.metrics.stream_failures.labels(replica.replica_id).inc()
