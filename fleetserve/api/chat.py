@@ -14,11 +14,13 @@ from fleetserve.api.generation import (
     ChoiceState,
     Job,
     collect,
+    exported_params,
     sampling_params,
     service_class_of,
     start_stream,
     usage_of,
 )
+from fleetserve.api.kv_transfer import handoff_of
 from fleetserve.api.logprobs import chat_logprobs
 from fleetserve.api.protocol import AssistantMessage, ChatChoice, ChatCompletionRequest, ChatCompletionResponse
 from fleetserve.api.sse import EventStreamResponse, RenderChoice, completion_events
@@ -59,8 +61,9 @@ async def create_chat_completion(state: ServerState, request: Request, body: Cha
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
     service_class = service_class_of(request, body)
-    jobs = [Job(i, 0, prompt_ids, sampling_params(body, max_tokens, logprobs, i, service_class), f"{response_id}-{i}")
-            for i in range(body.n)]
+    handoff = handoff_of(body.kv_transfer_params, body.n, body.stream)
+    jobs = [Job(i, 0, prompt_ids, sampling_params(body, max_tokens, logprobs, i, service_class), f"{response_id}-{i}",
+                handoff if i == 0 else None) for i in range(body.n)]
     if body.stream:
         first, stream = await start_stream(request, state, jobs)
         header = {"id": response_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
@@ -72,7 +75,7 @@ async def create_chat_completion(state: ServerState, request: Request, body: Cha
         choices=[ChatChoice(index=c.job.choice, message=AssistantMessage(content=c.text),
                             logprobs=chat_logprobs(c.logprobs, state.token_text) if logprobs is not None else None,
                             finish_reason=c.finish_reason, stop_reason=c.stop_reason) for c in choices],
-        usage=usage_of(choices))
+        usage=usage_of(choices), kv_transfer_params=exported_params(request, handoff, choices))
     return JSONResponse(response.model_dump())
 
 

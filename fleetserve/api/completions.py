@@ -13,11 +13,13 @@ from fleetserve.api.generation import (
     ChoiceState,
     Job,
     collect,
+    exported_params,
     sampling_params,
     service_class_of,
     start_stream,
     usage_of,
 )
+from fleetserve.api.kv_transfer import handoff_of
 from fleetserve.api.logprobs import completion_logprobs
 from fleetserve.api.protocol import CompletionChoice, CompletionRequest, CompletionResponse
 from fleetserve.api.sse import EventStreamResponse, RenderChoice, completion_events
@@ -73,11 +75,12 @@ async def create_completion(state: ServerState, request: Request, body: Completi
     response_id = f"cmpl-{uuid.uuid4().hex}"
     jobs = []
     service_class = service_class_of(request, body)
+    handoff = handoff_of(body.kv_transfer_params, len(prompts) * body.n, body.stream)
     for p, (ids, _) in enumerate(prompts):
         for i in range(body.n):
             choice = p * body.n + i
             jobs.append(Job(choice, p, ids, sampling_params(body, body.max_tokens, body.logprobs, i, service_class),
-                            f"{response_id}-{choice}"))
+                            f"{response_id}-{choice}", handoff if choice == 0 else None))
     echoes = [echo for _, echo in prompts]
     if body.stream:
         first, stream = await start_stream(request, state, jobs)
@@ -92,7 +95,7 @@ async def create_completion(state: ServerState, request: Request, body: Completi
             index=c.job.choice, text=echoes[c.job.prompt_index] + c.text,
             logprobs=completion_logprobs(c.logprobs, state.token_text, 0) if body.logprobs is not None else None,
             finish_reason=c.finish_reason, stop_reason=c.stop_reason) for c in choices],
-        usage=usage_of(choices))
+        usage=usage_of(choices), kv_transfer_params=exported_params(request, handoff, choices))
     return JSONResponse(response.model_dump())
 
 

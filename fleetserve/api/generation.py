@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, TypeVar
 from starlette.requests import Request
 
 from fleetserve.api.errors import ClientDisconnected
+from fleetserve.api.kv_transfer import Handoff, fetch_prefilled, response_params
 from fleetserve.api.protocol import PromptTokensDetails, Usage
 from fleetserve.engine.outputs import RequestOutput, TokenLogprob
 from fleetserve.engine.sampling_params import ONLINE, InvalidRequestError, SamplingParams
@@ -38,6 +39,7 @@ class Job:
     prompt_ids: list[int]
     params: SamplingParams
     request_id: str
+    handoff: Handoff | None = None  # its part in a disaggregated prefill (fleetserve.api.kv_transfer)
 
 
 @dataclass
@@ -51,8 +53,11 @@ class ChoiceState:
     stop_reason: int | str | None = None
     num_cached_tokens: int = 0
     started: bool = False
+    first_token_id: int | None = None
 
     def add(self, out: RequestOutput) -> None:
+        if self.first_token_id is None and out.new_token_ids:
+            self.first_token_id = out.new_token_ids[0]
         self.text += out.new_text
         self.num_tokens += len(out.new_token_ids)
         self.logprobs.extend(out.new_logprobs)
@@ -75,6 +80,14 @@ def usage_of(choices: list[ChoiceState]) -> Usage:
     completion = sum(c.num_tokens for c in choices)
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
                  prompt_tokens_details=PromptTokensDetails(cached_tokens=sum(cached_tokens.values())))
+
+
+def exported_params(request: Request, handoff: Handoff | None, choices: list[ChoiceState]) -> dict[str, Any] | None:
+    """The kv_transfer_params of a prefill request's response (None for any other request)."""
+    if handoff is None or not handoff.export or choices[0].first_token_id is None:
+        return None
+    job = choices[0].job
+    return response_params(request, job.request_id, job.prompt_ids, choices[0].first_token_id)
 
 
 def translate_engine_error(exc: BaseException) -> APIError:
@@ -109,7 +122,13 @@ async def merge_streams(state: ServerState, jobs: list[Job]) -> AsyncIterator[tu
 
     async def pump(job: Job) -> None:
         try:
-            async for out in aengine.generate(job.prompt_ids, job.params, job.request_id):
+            handoff = job.handoff
+            prefilled = None
+            if handoff is not None and handoff.remote is not None:
+                wants_logprobs = job.params.logprobs is not None
+                prefilled = await fetch_prefilled(state, handoff.remote, job.prompt_ids, wants_logprobs)
+            async for out in aengine.generate(job.prompt_ids, job.params, job.request_id,
+                                              export_kv=handoff is not None and handoff.export, prefilled=prefilled):
                 merged.put_nowait((job, out))
         except asyncio.CancelledError:
             raise

@@ -6,7 +6,7 @@ from the engine thread's output callback, which is kept to a few dictionary oper
 from __future__ import annotations
 
 import threading
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -76,6 +76,23 @@ class EngineStateCollector(Collector):
                             engine.scheduler.num_preemptions)
         if engine.speculation is not None:
             yield from self._speculation(engine.speculation.stats)
+        yield from self._kv_exports(engine)
+
+    def _kv_exports(self, engine: Any) -> Iterable[Metric]:
+        exports = engine.kv_exports
+        pending, pending_bytes = exports.pending()
+        yield self._gauge("fleetserve:kv_exports_pending", "Prefilled prompts whose KV waits here for a decode "
+                          "replica", pending)
+        yield self._gauge("fleetserve:kv_exports_pending_bytes", "Host memory held by those KV exports",
+                          pending_bytes)
+        yield self._counter("fleetserve:kv_exports", "Prompt KV exports made for decode replicas",
+                            exports.num_exported)
+        yield self._counter("fleetserve:kv_exports_fetched", "KV exports fetched by decode replicas",
+                            exports.num_taken)
+        yield self._counter("fleetserve:kv_exports_dropped", "KV exports dropped unfetched (expired or over the "
+                            "byte cap)", exports.num_dropped)
+        yield self._counter("fleetserve:kv_imported_tokens", "Prompt tokens whose KV came from a prefill replica",
+                            engine.num_imported_tokens_total)
 
     def _speculation(self, stats: SpeculationStats) -> Iterable[Metric]:
         yield self._counter("vllm:spec_decode_num_drafts", "Number of spec decoding drafts.", stats.num_drafts)
@@ -116,6 +133,15 @@ class ServerMetrics:
                                labels + ["finished_reason"], registry=self.registry)
         self.http_errors = Counter("fleetserve:http_errors", "Error responses sent, by status code.",
                                    labels + ["status"], registry=self.registry)
+        self.kv_imports = Counter("fleetserve:kv_imports", "Requests that imported their prompt's KV from a "
+                                  "prefill replica", labels, registry=self.registry).labels(model_name)
+        self.kv_import_bytes = Counter("fleetserve:kv_import_bytes", "Bytes of prefilled KV fetched", labels,
+                                       registry=self.registry).labels(model_name)
+        self.kv_import_seconds = histogram("fleetserve:kv_import_seconds", "Time to fetch a request's prefilled KV",
+                                           TTFT_BUCKETS)
+        self.kv_import_fallbacks = Counter("fleetserve:kv_import_fallbacks", "Requests sent prefilled KV that "
+                                           "computed their prompt here instead, by reason", labels + ["reason"],
+                                           registry=self.registry)
         self._last_token_time: dict[str, float] = {}
         self._lock = threading.Lock()
 
@@ -143,6 +169,14 @@ class ServerMetrics:
         self.prompt_tokens.observe(out.num_prompt_tokens)
         self.generation_tokens.observe(len(out.token_ids))
         self.success.labels(self.model_name, out.finish_reason or "abort").inc()
+
+    def kv_import_done(self, nbytes: int, seconds: float) -> None:
+        self.kv_imports.inc()
+        self.kv_import_bytes.inc(nbytes)
+        self.kv_import_seconds.observe(seconds)
+
+    def kv_import_fallback(self, reason: str) -> None:
+        self.kv_import_fallbacks.labels(self.model_name, reason).inc()
 
     def count_error(self, status: int) -> None:
         self.http_errors.labels(self.model_name, str(status)).inc()

@@ -49,6 +49,9 @@ class SamplingFields(OpenAIRequest):
     presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     logit_bias: dict[str, float] | None = None
+    kv_transfer_params: dict[str, Any] | None = Field(
+        None, description="vLLM's disaggregated-prefill hand-off (fleetserve.wire.kv_transfer): "
+        "{'do_remote_decode': true} on a prefill request; a prefill response's params on the decode request")
 
 
 class TextContentPart(OpenAIRequest):
@@ -135,6 +138,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    kv_transfer_params: dict[str, Any] | None = None  # a prefill response's hand-off to the decode replica
 
 
 class DeltaMessage(BaseModel):
@@ -181,6 +185,7 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    kv_transfer_params: dict[str, Any] | None = None  # a prefill response's hand-off to the decode replica
 
 
 class ModelCard(BaseModel):

@@ -22,7 +22,7 @@ import uvicorn
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from fleetserve.api import chat, completions, kv_events
+from fleetserve.api import chat, completions, kv_events, kv_transfer
 from fleetserve.api.batch_api import BatchAPI
 from fleetserve.api.batch_config import BatchOptions
 from fleetserve.api.errors import install_error_handlers
@@ -41,6 +41,7 @@ from fleetserve.api.protocol import (
 from fleetserve.api.sse import EventStreamResponse
 from fleetserve.api.state import ServerState
 from fleetserve.wire import paths
+from fleetserve.wire.kv_transfer import kv_transfer_path
 
 logger = logging.getLogger("fleetserve.api")
 
@@ -112,6 +113,12 @@ def create_app(state: ServerState, batches: BatchOptions | None = None) -> FastA
     async def stream_kv_events(since: int = Query(0, ge=0, le=2**62)) -> Response:
         state.require_engine()
         return EventStreamResponse(kv_events.event_stream(state, since))
+
+    @app.get(kv_transfer_path("{request_id}"), responses={404: {"model": ErrorResponse}})
+    async def get_kv_transfer(request_id: str, start: int = Query(0, ge=0, description="first prompt token wanted")
+                              ) -> Response:
+        """A prefilled prompt's KV, once, for the decode replica (fleetserve.wire.kv_transfer)."""
+        return await kv_transfer.serve_export(state, request_id, start)
 
     return app
 

@@ -33,12 +33,15 @@ class ServerOptions:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "info"
     access_log: bool = True
+    kv_transfer_timeout_s: float = 30.0  # a decode replica's fetch of prefilled KV; past it, it prefills itself
 
     def __post_init__(self) -> None:
         if self.max_queue < 1:
             raise ValueError(f"--max-queue must be >= 1, got {self.max_queue}")
         if self.shutdown_timeout_s < 0:
             raise ValueError(f"--shutdown-timeout must be >= 0 seconds, got {self.shutdown_timeout_s}")
+        if not self.kv_transfer_timeout_s > 0:
+            raise ValueError(f"--kv-transfer-timeout must be positive seconds, got {self.kv_transfer_timeout_s}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"--max-body-bytes must be at least 1024, got {self.max_body_bytes}")
 

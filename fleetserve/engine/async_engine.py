@@ -20,6 +20,7 @@ from typing import AsyncIterator, Callable
 
 from fleetserve.engine.admission import queue_refusal
 from fleetserve.engine.engine import LLMEngine
+from fleetserve.engine.kv_handoff import PrefilledKV
 from fleetserve.engine.outputs import RequestOutput
 from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
 
@@ -94,8 +95,10 @@ class AsyncLLMEngine:
     def num_in_flight(self) -> int:
         return len(self.streams)
 
-    async def generate(self, prompt: str | list[int], params: SamplingParams,
-                       request_id: str | None = None) -> AsyncIterator[RequestOutput]:
+    async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None,
+                       export_kv: bool = False, prefilled: PrefilledKV | None = None) -> AsyncIterator[RequestOutput]:
+        """The request's outputs as they come. `export_kv`: keep its prompt's KV for a decode replica;
+        `prefilled`: its prompt's KV and first token, computed by a prefill replica (see LLMEngine)."""
         if self.error is not None:
             raise EngineDeadError(f"the engine loop stopped: {self.error!r}")
         if not self.accepting:
@@ -110,7 +113,7 @@ class AsyncLLMEngine:
             self.pending += 1
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self.streams[request_id] = stream
-        self.commands.put(("add", request_id, prompt_ids, params, time.monotonic()))
+        self.commands.put(("add", request_id, prompt_ids, params, time.monotonic(), export_kv, prefilled))
         self.wakeup.set()
         finished = False
         try:
@@ -159,10 +162,14 @@ class AsyncLLMEngine:
             except queue.Empty:
                 return
             if command[0] == "add":
-                _, request_id, prompt_ids, params, arrival = command
+                _, request_id, prompt_ids, params, arrival, export_kv, prefilled = command
                 if request_id in self.streams:  # else the client left before its request reached the engine
                     try:
-                        self.engine.add_request(prompt_ids, params, request_id, arrival)
+                        if prefilled is None:
+                            self.engine.add_request(prompt_ids, params, request_id, arrival, export_kv)
+                        else:
+                            self._emit(self.engine.add_prefilled_request(prompt_ids, params, request_id, arrival,
+                                                                         prefilled))
                     except InvalidRequestError as exc:
                         self._deliver(request_id, exc)
                 with self.pending_lock:

@@ -43,6 +43,9 @@ class EngineConfig:
     max_queue: int = 1024  # waiting requests beyond which the async engine refuses new ones (HTTP 429)
     enable_prefix_caching: bool = True
     record_kv_events: bool = False
+    # Disaggregated prefill: how long, and up to how many bytes, prompt KV waits here for decode replicas.
+    kv_export_ttl_s: float = 60.0
+    kv_export_max_bytes: int = 1 << 30
     num_threads: int | None = None  # None: auto, one per core other processes leave free (engine/thread_policy.py)
     seed: int = 0
     scheduling: SchedulingPolicy = field(default_factory=SchedulingPolicy)  # priorities and service classes

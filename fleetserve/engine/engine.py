@@ -15,13 +15,14 @@ from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.decode_row_cost import DecodeRowCost
 from fleetserve.engine.detokenizer import IncrementalDetokenizer
 from fleetserve.engine.kv_cache import KVCacheManager, KVEvent
+from fleetserve.engine.kv_handoff import KVExport, KVExports, PrefilledKV
 from fleetserve.engine.online_step_cost import OnlineStepCost
 from fleetserve.engine.outputs import RequestMetrics, RequestOutput, TokenLogprob
 from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.runner import ModelRunner
 from fleetserve.engine.sampler import SampleResult
 from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
-from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
+from fleetserve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from fleetserve.engine.speculation import Speculation
 from fleetserve.engine.thread_policy import ThreadPolicy
 from fleetserve.kernels import cpu as cpu_kernels
@@ -72,6 +73,7 @@ class RequestState:
     detokenizer: IncrementalDetokenizer
     metrics: RequestMetrics
     pending_logprobs: list[TokenLogprob]
+    export_kv: bool = False  # keep its prompt's KV for a decode replica when its prefill ends
 
 
 class LLMEngine:
@@ -113,6 +115,8 @@ class LLMEngine:
             eos.add(self.tokenizer.eos_token_id)
         self.eos_token_ids = frozenset(eos)
         self.states: dict[str, RequestState] = {}
+        self.kv_exports = KVExports(config.kv_export_ttl_s, config.kv_export_max_bytes)
+        self.num_imported_tokens_total = 0
         self._ids = itertools.count()
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
@@ -164,7 +168,50 @@ class LLMEngine:
             raise InvalidRequestError(refusal.message, refusal.param)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, arrival_time: float | None = None) -> str:
+                    request_id: str | None = None, arrival_time: float | None = None, export_kv: bool = False) -> str:
+        """Queue a request; with `export_kv`, its prompt's KV and first token are kept in `kv_exports` for a
+        decode replica when its prefill ends (disaggregated prefill)."""
+        request = self._new_request(prompt, params, request_id, arrival_time)
+        try:
+            self.scheduler.add_request(request)
+        except RequestRefused as exc:
+            raise InvalidRequestError(exc.refusal.message, exc.refusal.param) from exc
+        self._track(request, export_kv)
+        return request.request_id
+
+    def add_prefilled_request(self, prompt: str | list[int], params: SamplingParams | None, request_id: str | None,
+                              arrival_time: float | None, prefilled: PrefilledKV) -> RequestOutput:
+        """Queue a request whose prompt a prefill replica computed: its KV goes into this cache (sharing the
+        prefix blocks held here) and its first token is returned at once, as the request's first output.
+        Where the blocks do not fit now, or the prefix blocks counted on were evicted meanwhile, the request
+        computes its prompt here instead; its output is the same."""
+        request = self._new_request(prompt, params, request_id, arrival_time)
+        request.output_token_ids.append(prefilled.first_token_id)
+        num_prompt = request.num_prompt_tokens
+        if not request.check_stop_after_token(self.max_model_len):
+            try:
+                held = self.scheduler.add_prefilled_request(request, num_prompt)
+            except RequestRefused as exc:
+                raise InvalidRequestError(exc.refusal.message, exc.refusal.param) from exc
+            if held is not None and held < prefilled.start:
+                self.kv_cache.free(request)
+                request.num_computed_tokens = 0
+            elif held is not None:
+                self.runner.write_kv(self.kv_cache.block_table(request.request_id), held,
+                                     prefilled.kv[:, :, :, held - prefilled.start:])
+                self.num_imported_tokens_total += num_prompt - held
+                request.num_cached_prompt_tokens = held
+        state = self._track(request, False)
+        now = time.monotonic()
+        state.metrics.first_token_time = state.metrics.last_token_time = now
+        self.num_prompt_tokens_total += num_prompt
+        new_ids = self._take_tokens(state, [SampleResult(prefilled.first_token_id)], request.is_finished)
+        if request.is_finished:
+            return self._finish(state, now, new_ids)
+        return self._delta(state, new_ids)
+
+    def _new_request(self, prompt: str | list[int], params: SamplingParams | None, request_id: str | None,
+                     arrival_time: float | None) -> Request:
         params = params or SamplingParams()
         prompt_token_ids = self.tokenize_prompt(prompt)
         self.validate(prompt_token_ids, params)
@@ -173,15 +220,14 @@ class LLMEngine:
             raise InvalidRequestError(f"request id {request_id!r} is already in use", "request_id")
         if params.max_tokens is None:
             params.max_tokens = self.max_model_len - len(prompt_token_ids)
-        request = Request(request_id, prompt_token_ids, params, self.eos_token_ids,
-                          arrival_time if arrival_time is not None else time.monotonic())
-        try:
-            self.scheduler.add_request(request)
-        except RequestRefused as exc:
-            raise InvalidRequestError(exc.refusal.message, exc.refusal.param) from exc
-        detokenizer = IncrementalDetokenizer(self.tokenizer, params.stop)
-        self.states[request_id] = RequestState(request, detokenizer, RequestMetrics(request.arrival_time), [])
-        return request_id
+        return Request(request_id, prompt_token_ids, params, self.eos_token_ids,
+                       arrival_time if arrival_time is not None else time.monotonic())
+
+    def _track(self, request: Request, export_kv: bool) -> RequestState:
+        detokenizer = IncrementalDetokenizer(self.tokenizer, request.sampling_params.stop)
+        state = RequestState(request, detokenizer, RequestMetrics(request.arrival_time), [], export_kv)
+        self.states[request.request_id] = state
+        return state
 
     def abort_request(self, request_ids: str | list[str]) -> list[RequestOutput]:
         ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
@@ -217,6 +263,7 @@ class LLMEngine:
                 metrics.first_scheduled_time = now
         self.thread_policy.before_step()
         results = self.runner.execute(out, self.kv_cache)
+        self._export_prefilled(out, results)
         sampled: dict[str, int | list[int]] = {}
         outputs_before: dict[str, int] = {}
         for item in out.scheduled:
@@ -257,6 +304,19 @@ class LLMEngine:
             if self.decode_row_cost is not None:
                 self.decode_row_cost.observe(shape, seconds)
         return outputs
+
+    def _export_prefilled(self, out: SchedulerOutput, results: dict[str, list[SampleResult]]) -> None:
+        """Keep the prompt KV of requests marked for export whose prefill ended in this step (read before
+        any block of theirs can be freed and reused)."""
+        for item in out.scheduled:
+            request = item.request
+            if request.num_output_tokens or request.request_id not in results:
+                continue
+            state = self.states[request.request_id]
+            if state.export_kv:
+                kv = self.runner.read_kv(self.kv_cache.block_table(request.request_id), 0, request.num_prompt_tokens)
+                self.kv_exports.put(request.request_id, KVExport(request.prompt_token_ids,
+                                                                 results[request.request_id][0].token_id, kv))
 
     def _take_tokens(self, state: RequestState, results: list[SampleResult], finished: bool) -> list[int]:
         """Feed this step's new tokens to the request's detokenizer; a stop string ends the request at the

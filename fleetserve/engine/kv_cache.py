@@ -193,6 +193,33 @@ class KVCacheManager:
             self._pop_free_blocks(table, num_new)
         return True
 
+    def import_request(self, request: Request, num_tokens: int) -> int | None:
+        """Take blocks for the first `num_tokens` tokens of a request whose KV was computed elsewhere (a
+        prefill replica): the leading full blocks this cache already holds are shared, fresh blocks hold the
+        rest, and the full ones are published to the prefix cache at once (the caller writes their KV before
+        any step reads it). Returns how many leading tokens were already held, so need no writing; None (and
+        nothing changed) when the blocks do not fit."""
+        if request.request_id in self._tables:
+            raise ValueError(f"request {request.request_id!r} already holds blocks")
+        hit: list[KVBlock] = []
+        if self.enable_prefix_caching:
+            for block_hash in self.request_block_hashes(request)[:num_tokens // self.block_size]:
+                block = self._cached.get(block_hash)
+                if block is None:
+                    break
+                hit.append(block)
+        saved = request.num_computed_tokens
+        request.num_computed_tokens = 0
+        try:
+            if not self._allocate_with_prefix(request, num_tokens - len(hit) * self.block_size, hit):
+                return None
+        finally:
+            request.num_computed_tokens = saved
+        self.prefix_cache_queries += num_tokens
+        self.prefix_cache_hits += len(hit) * self.block_size
+        self.cache_blocks(request, num_tokens)
+        return len(hit) * self.block_size
+
     def _pop_free_blocks(self, table: list[KVBlock], count: int) -> None:
         """Move `count` (>= 1) free blocks to `table` in eviction order: blocks without a hash first, then
         the least recently used cached ones, whose hashes are evicted."""

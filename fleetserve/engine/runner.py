@@ -30,6 +30,21 @@ class ModelRunner:
         if self.device.type == "cpu" and model.dtype == torch.float32 and kernel_cache_dir is not None:
             self.decode_kernel = cpu_kernels.load(kernel_cache_dir)
 
+    def _slots(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
+        bs = self.block_size
+        return self._tensor([block_table[p // bs] * bs + p % bs for p in range(start, end)])
+
+    def read_kv(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
+        """A copy of the KV of token positions [start, end): (layers, 2, kv_heads, tokens, head_dim)."""
+        slots = self._slots(block_table, start, end)
+        return torch.stack([cache.flatten(2, 3)[:, :, slots] for cache in self.kv_caches])
+
+    def write_kv(self, block_table: list[int], start: int, kv: torch.Tensor) -> None:
+        """Store KV laid out as read_kv gives it at token positions start, start + 1, ..."""
+        slots = self._slots(block_table, start, start + kv.shape[3])
+        for cache, layer_kv in zip(self.kv_caches, kv):
+            cache.flatten(2, 3)[:, :, slots] = layer_kv.to(cache.dtype)
+
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
 

@@ -105,6 +105,18 @@ class Scheduler:
         if request.offline:
             self.num_offline += 1
 
+    def add_prefilled_request(self, request: Request, num_prefilled: int) -> int | None:
+        """Add a request whose first `num_prefilled` tokens were computed elsewhere (disaggregated prefill:
+        its KV arrives from a prefill replica, and its first output token with it). Its blocks are taken now
+        (fleetserve.engine.kv_cache.KVCacheManager.import_request) and it waits for its first decode step.
+        Returns the leading tokens the prefix cache already held; None when the blocks do not fit, and the
+        request then waits as any other and computes its whole prompt here."""
+        self.add_request(request)
+        held = self.kv_cache.import_request(request, num_prefilled)
+        if held is not None:
+            request.num_computed_tokens = num_prefilled
+        return held
+
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         scheduled = out.scheduled
@@ -279,7 +291,11 @@ class Scheduler:
         first chunk (at most `budget` tokens, after its cached prefix); None, with the request left waiting,
         when its blocks do not fit (for an offline request: without using the online reserve)."""
         request = self.waiting.first()
-        computed_blocks, num_cached = self.kv_cache.get_computed_blocks(request)
+        computed_blocks: Sequence[KVBlock]
+        if request.num_computed_tokens:  # prefilled elsewhere: it holds the blocks of those tokens already
+            computed_blocks, num_cached = (), request.num_computed_tokens
+        else:
+            computed_blocks, num_cached = self.kv_cache.get_computed_blocks(request)
         num_new = self._cap_prefill(min(request.num_tokens - num_cached, budget))
         if request.offline:
             if not self._allocate_offline(request, num_new, computed_blocks):

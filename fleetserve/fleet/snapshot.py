@@ -34,6 +34,7 @@ class ReplicaState:
     prefill_tokens_per_s: float = 0.0  # measured or modelled prefill speed; 0 when unknown
     weight: float = 1.0  # relative capacity, for mixed hardware
     pool: str | None = None  # hardware pool, as a routing plan names it (e.g. "a100")
+    role: str = "mixed"  # "mixed", "prefill" or "decode" (fleetserve.fleet.disaggregation)
 
     @property
     def queued_work_tokens(self) -> int:
