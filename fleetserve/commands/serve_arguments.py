@@ -21,6 +21,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="on SIGTERM, how long in-flight requests may run before they are aborted")
     parser.add_argument("--max-body-bytes", default=ServerOptions.max_body_bytes,
                         help="largest request body accepted (413 beyond), e.g. 4MiB or 1000000")
+    parser.add_argument("--kv-transfer-timeout", type=float, default=ServerOptions.kv_transfer_timeout_s,
+                        metavar="SECONDS", help="disaggregated prefill: how long this replica may take to fetch a "
+                        "prompt's KV from the prefill replica before it computes the prompt itself")
     parser.add_argument("--log-level", default=ServerOptions.log_level, choices=LOG_LEVELS)
     parser.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     add_batch_arguments(parser)
@@ -31,5 +34,5 @@ def server_options(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(host=args.host, port=args.port, served_model_names=args.served_model_name or [],
                          max_queue=args.max_queue, shutdown_timeout_s=args.shutdown_timeout,
                          max_body_bytes=parse_size(args.max_body_bytes), log_level=args.log_level,
-                         access_log=not args.no_access_log)
+                         access_log=not args.no_access_log, kv_transfer_timeout_s=args.kv_transfer_timeout)
 
