@@ -112,7 +112,7 @@ def run_cell(workload_name: str, rate: float, policy: str) -> dict:
         workload = all_at_once(workload)
     model_config = ModelConfig.from_file(MODEL_CONFIG)
     fleet = parse_fleet_spec(FLEET)
-    perf = {hardware.name: RooflineModel(model_config, hardware) for hardware, _ in fleet}
+    perf = {hardware.name: RooflineModel(model_config, hardware) for hardware, *_ in fleet}
     config = ReplicaConfig(max_model_len=MAX_MODEL_LEN, max_queue=max(len(workload), 1))
     started = time.perf_counter()
     sim = simulate(workload, fleet, perf, make_policy(policy), model_config.max_position_embeddings, config,

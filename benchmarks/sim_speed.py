@@ -70,7 +70,7 @@ def main() -> None:
     speedup = args.speedup or num_replicas
     workload = repeated_trace(read_trace(args.trace), args.requests).scaled(speedup)
     model_config = ModelConfig.from_file(args.model_config)
-    perf = {hardware.name: RooflineModel(model_config, hardware) for hardware, _ in fleet_spec}
+    perf = {hardware.name: RooflineModel(model_config, hardware) for hardware, *_ in fleet_spec}
     config = ReplicaConfig(block_size=args.block_size, max_num_batched_tokens=args.max_num_batched_tokens,
                            max_num_seqs=args.max_num_seqs)
     options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times,

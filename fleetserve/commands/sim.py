@@ -22,13 +22,19 @@ from fleetserve.commands.service_class_arguments import (
     given_service_class_flags,
     service_class_config,
 )
+from fleetserve.fleet.disaggregation import MODES, DisaggregationRule
+from fleetserve.perf.kv_link import KV_DTYPE_BYTES, LINK_KINDS
 from fleetserve.sim.config import PREFIX_VIEWS, ReplicaConfig, SimOptions
 from fleetserve.workload.traces import TRACE_KINDS
 
 if TYPE_CHECKING:
+    from fleetserve.model.config import ModelConfig
+    from fleetserve.perf.hardware import FleetEntry
+    from fleetserve.sim.config import Disaggregation
     from fleetserve.sim.fleet import Arrival
     from fleetserve.workload.spec import Workload
 
+_DISAGGREGATION_FLAGS = ("disaggregation", "min_remote_prefill_tokens", "max_prefill_queue", "kv_link", "kv_dtype")
 _SHAPING_FLAGS = ("speedup", "rate", "scale_lengths", "num_requests", "max_prompt_tokens", "max_output_tokens",
                   "duration")
 
@@ -43,7 +49,9 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", metavar="PATH", default=None,
                    help="with --validate: the run's `--requests-out` log (default: the one its JSON names)")
     p.add_argument("--trace-kind", choices=TRACE_KINDS, default=None)
-    p.add_argument("--fleet", required=True, help="hardware and counts, e.g. h100:8,l4:16 (cpu:4 for this machine)")
+    p.add_argument("--fleet", required=True,
+                   help="hardware and counts, e.g. h100:8,l4:16 (cpu:4 for this machine), each optionally with a "
+                        "replica role: h100:2:prefill,h100:6:decode (roles: mixed (default), prefill, decode)")
     add_policy_arguments(p.add_argument_group("routing (as `fleetserve route`)"))
     p.add_argument("--perf", action="append", default=None, metavar="roofline|PROFILE.json",
                    help="performance model: 'roofline' or a `fleetserve profile` JSON (used for the hardware "
@@ -64,6 +72,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slo", default=None, help="latency SLO in ms for goodput, e.g. ttft=500,tpot=50")
     add_service_class_arguments(p)
     add_replica_arguments(p)
+    add_disaggregation_arguments(p.add_argument_group("prefill/decode disaggregation (fleets with replica roles)"))
     p.add_argument("--no-skip", action="store_true", help="simulate every decode step (slower, same results)")
     p.add_argument("--prefix-view", choices=PREFIX_VIEWS, default=SimOptions.prefix_view,
                    help="how the router learns which replica caches a prefix: 'events' (the live router's index, "
@@ -78,6 +87,42 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeline-interval", type=_positive(float), default=10.0,
                    help="seconds of simulated time between --timeline samples")
     p.add_argument("--label", default=None, help="name of this run in tables and plots")
+
+
+def add_disaggregation_arguments(p: argparse._ActionsContainer) -> None:
+    rule = DisaggregationRule()
+    p.add_argument("--disaggregation", choices=MODES, default=None,
+                   help=f"when a decode replica's request is prefilled on a prefill replica: 'conditional' (a long "
+                        f"uncached prompt while the prefill pool keeps up), 'always' or 'never' (default {rule.mode})")
+    p.add_argument("--min-remote-prefill-tokens", type=int, default=None,
+                   help=f"conditional: prefill remotely only prompts with more uncached tokens than this "
+                        f"(default {rule.min_remote_prefill_tokens})")
+    p.add_argument("--max-prefill-queue", type=int, default=None,
+                   help=f"conditional: prefill locally when the least busy prefill replica has this many requests "
+                        f"in flight (default {rule.max_prefill_queue})")
+    p.add_argument("--kv-link", choices=sorted(LINK_KINDS), default=None,
+                   help="the link KV transfers take (default: nvlink for up to 8 SXM GPUs, pcie for up to 8 other "
+                        "GPUs, infiniband for more SXM GPUs, ethernet otherwise)")
+    p.add_argument("--kv-dtype", choices=sorted(KV_DTYPE_BYTES), default=None,
+                   help="the KV cache's dtype, which sizes the bytes a token's KV transfer moves (default bfloat16)")
+
+
+def disaggregation_of(args: argparse.Namespace, fleet: list[FleetEntry], model_config: ModelConfig
+                      ) -> Disaggregation | None:
+    """The rule and KV link from the flags, for a fleet with replica roles; None for a fleet of mixed replicas
+    (which refuses the flags)."""
+    from fleetserve.perf.kv_link import KVLink, default_link_kind
+    from fleetserve.sim.config import Disaggregation
+    if all(entry.role == "mixed" for entry in fleet):
+        given = [f"--{flag.replace('_', '-')}" for flag in _DISAGGREGATION_FLAGS if getattr(args, flag) is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} need replica roles in --fleet, e.g. h100:2:prefill,h100:6:decode")
+        return None
+    given_rule = {"mode": args.disaggregation, "min_remote_prefill_tokens": args.min_remote_prefill_tokens,
+                  "max_prefill_queue": args.max_prefill_queue}
+    rule = DisaggregationRule(**{name: value for name, value in given_rule.items() if value is not None})
+    link = KVLink.of(args.kv_link or default_link_kind(fleet), model_config, args.kv_dtype or "bfloat16")
+    return Disaggregation(link, rule)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -109,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
     profiles = load_profiles(perf_specs)
     model_config, model_name = load_model_config(args.model, args.model_config, profiles)
     perf = perf_models(fleet, perf_specs, model_config, profiles)
+    disaggregation = disaggregation_of(args, fleet, model_config)
     replica_config = replica_config_of(args)
     options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times,
                          prefix_view=args.prefix_view)
@@ -136,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
                   f"policy {args.policy})")
     sim = simulate(arrivals, fleet, perf, policy, model_config.max_position_embeddings, replica_config, options,
                    timeline_interval_s=args.timeline_interval if args.timeline else None,
-                   offline_gate=routing_options.offline_gate)
+                   offline_gate=routing_options.offline_gate, disaggregation=disaggregation)
     config = {"simulated": True, "label": args.label, "fleet": args.fleet, "policy": args.policy,
               "perf": {name: model.name for name, model in perf.items()}, "perf_args": perf_specs,
               "model": model_name, "replica": {"block_size": args.block_size, "max_num_seqs": args.max_num_seqs,
@@ -152,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
               "trace": args.trace, "trace_kind": args.trace_kind, "synthetic": args.synthetic,
               "validate": args.validate, "speedup": args.speedup, "rate": args.rate, "seed": args.seed,
               "skip_decodes": not args.no_skip, "token_times": not args.no_token_times,
-              **service_class_config(args)}
+              **service_class_config(args), **_disaggregation_config(disaggregation)}
     result = sim_result(sim, workload, config, slo)
     title = args.label or f"{workload.name} on {args.fleet} (simulated)"
     print_summary(result, title=title, console=console)
@@ -177,6 +223,15 @@ def run(args: argparse.Namespace) -> int:
         for path in sim.timeline.write(args.timeline, title):
             console.print(f"wrote {path}")
     return 0
+
+
+def _disaggregation_config(disaggregation: Disaggregation | None) -> dict:
+    """The rule and link; absent for a fleet of mixed replicas, so its runs compare equal."""
+    if disaggregation is None:
+        return {}
+    link = disaggregation.link
+    return {"disaggregation": {**dataclasses.asdict(disaggregation.rule), "kv_link": link.kind.name,
+                               "kv_bytes_per_token": link.bytes_per_token}}
 
 
 def _speculation_config(config: ReplicaConfig) -> dict:
@@ -205,6 +260,15 @@ def _print_sim_stats(console, stats: dict) -> None:
                       f"{speculation['num_accepted_tokens']:,} accepted "
                       f"({speculation['acceptance_rate']:.1%}), {speculation['mean_accepted_per_draft']:.2f} "
                       "accepted per verification")
+    disaggregation = stats.get("disaggregation")
+    if disaggregation is not None:
+        mean_s = disaggregation["mean_transfer_s"]
+        console.print(f"disaggregation: {disaggregation['remote_prefills']:,} remote prefills, "
+                      f"{disaggregation['local_prefills']:,} local ({disaggregation['fallbacks']:,} refused by the "
+                      f"prefill replica); {disaggregation['transferred_tokens']:,} tokens of KV "
+                      f"({disaggregation['transferred_bytes'] / 1e9:,.2f} GB) over {disaggregation['link']}, "
+                      f"mean transfer {'-' if mean_s is None else f'{mean_s * 1000:.2f} ms'}; "
+                      f"{disaggregation['import_recomputes']:,} imports recomputed for lack of blocks")
     speed = stats["requests_per_cpu_s"]
     console.print(f"simulated {stats['simulated_s']:.1f} s in {stats['wall_s']:.2f} s wall "
                   f"({'-' if speed is None else f'{speed:,.0f}'} requests per CPU second)")

@@ -1,8 +1,11 @@
 """The hardware catalog: peak compute, memory bandwidth, memory size and price of each accelerator."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
+
+from fleetserve.fleet.disaggregation import check_role
 
 GiB = 2**30
 TERA = 10**12
@@ -102,24 +105,47 @@ def get_hardware(name: str) -> Hardware:
     return CATALOG[key]
 
 
-def parse_fleet_spec(spec: str) -> list[tuple[Hardware, int]]:
-    """Parse "h100:8,l4:16" into [(h100, 8), (l4, 16)]; a bare name means one device."""
+class FleetEntry(NamedTuple):
+    """`devices` devices of one hardware, each a replica of one role (fleetserve.fleet.disaggregation.ROLES)."""
+    hardware: Hardware
+    devices: int
+    role: str = "mixed"
+
+
+def parse_fleet_spec(spec: str) -> list[FleetEntry]:
+    """Parse "h100:8,l4:16" into [(h100, 8, "mixed"), (l4, 16, "mixed")]; a bare name means one device. A third
+    field gives the replicas' role: "h100:2:prefill,h100:6:decode" (default mixed)."""
     if not spec or not spec.strip():
         raise ValueError(f"empty fleet spec {spec!r}; expected e.g. 'h100:8,l4:16'")
-    fleet: list[tuple[Hardware, int]] = []
-    seen: set[str] = set()
+    fleet: list[FleetEntry] = []
+    seen: set[tuple[str, str]] = set()
     for item in spec.split(","):
         item = item.strip()
         if not item:
             raise ValueError(f"empty entry in fleet spec {spec!r}; expected e.g. 'h100:8,l4:16'")
-        name, separator, count_text = item.partition(":")
+        name, separator, rest = item.partition(":")
+        count_text, role_separator, role_text = rest.partition(":")
         hardware = get_hardware(name)
         count = _parse_count(count_text.strip(), item) if separator else 1
-        if hardware.name in seen:
-            raise ValueError(f"hardware {hardware.name!r} appears twice in fleet spec {spec!r}")
-        seen.add(hardware.name)
-        fleet.append((hardware, count))
+        role = _parse_role(role_text.strip().lower(), item) if role_separator else "mixed"
+        if (hardware.name, role) in seen:
+            raise ValueError(f"hardware {hardware.name!r} appears twice with role {role!r} in fleet spec {spec!r}; "
+                             f"give each hardware and role once, with its count")
+        seen.add((hardware.name, role))
+        fleet.append(FleetEntry(hardware, count, role))
     return fleet
+
+
+def fleet_entries(fleet: Sequence[tuple[Hardware, int] | tuple[Hardware, int, str]]) -> list[FleetEntry]:
+    """A fleet as FleetEntries, from entries or plain (hardware, count[, role]) tuples."""
+    return [FleetEntry(*entry) for entry in fleet]
+
+
+def _parse_role(text: str, item: str) -> str:
+    try:
+        return check_role(text)
+    except ValueError as error:
+        raise ValueError(f"bad role in fleet entry {item!r}: {error} (e.g. 'h100:2:prefill')") from None
 
 
 def _parse_count(text: str, item: str) -> int:

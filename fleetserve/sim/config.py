@@ -11,6 +11,8 @@ from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.scheduler import SchedulerConfig
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 from fleetserve.engine.step_budget import check_max_step_ms
+from fleetserve.fleet.disaggregation import DisaggregationRule
+from fleetserve.perf.kv_link import KVLink
 from fleetserve.sim.acceptance import AcceptanceModel
 from fleetserve.speculative.config import SpeculativeConfig
 
@@ -65,3 +67,11 @@ class SimOptions:
     def __post_init__(self) -> None:
         if self.prefix_view not in PREFIX_VIEWS:
             raise ValueError(f"prefix_view must be one of {list(PREFIX_VIEWS)}, got {self.prefix_view!r}")
+
+
+@dataclass(frozen=True)
+class Disaggregation:
+    """How a fleet with prefill replicas disaggregates: the prefill/decode decision the live router makes,
+    and the link its KV transfers take (fleetserve.sim.kv_transfers)."""
+    link: KVLink
+    rule: DisaggregationRule = DisaggregationRule()

@@ -5,6 +5,15 @@ Each request yields a `RequestRecord` on the virtual clock (sent, first token, t
 same record the live benchmark fills, so the summary and plots come from the one metrics module.
 Wake-ups due at the same moment as an arrival come after it: a request that arrives as a step ends
 joins the next step.
+
+In a fleet with replica roles, routing goes as in the live router: the policy picks the replica that
+decodes among the decode and mixed ones (`decode_candidates`), then the disaggregation rule decides
+whether a prefill replica computes the prompt (`DisaggregationRule.choose_prefill`). A remote prefill runs
+on the prefill replica as a request of its own (max_tokens=1, counted on that replica's router as the live
+router counts it), then its KV crosses the link (fleetserve.sim.kv_transfers), only the blocks the decode
+replica does not hold; when it lands, the decode replica takes the request with its first token, which
+the client has then. The request keeps one record, the client's. A prefill replica that refuses the
+prefill (its queue full) leaves it to the decode replica. A fleet of mixed replicas only routes as before.
 """
 from __future__ import annotations
 
@@ -17,11 +26,14 @@ from dataclasses import dataclass
 from fleetserve.bench.metrics import RequestRecord
 from fleetserve.engine.request import Request
 from fleetserve.engine.sampling_params import SamplingParams
+from fleetserve.fleet.disaggregation import decode_candidates
 from fleetserve.fleet.offline_gate import OfflineGate
 from fleetserve.fleet.policies import Policy
-from fleetserve.fleet.snapshot import RouteRequest
+from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
 from fleetserve.sim.block_hashes import request_block_hashes
+from fleetserve.sim.config import Disaggregation
 from fleetserve.sim.events import WakeupQueue
+from fleetserve.sim.kv_transfers import KVTransfers, RemotePrefill
 from fleetserve.sim.replica import SimReplica
 from fleetserve.sim.router_view import RouterView
 from fleetserve.sim.timeline import ReplicaTimeline
@@ -54,9 +66,16 @@ class HeldRequest:
 
 class SimFleet:
     def __init__(self, replicas: list[SimReplica], policy: Policy, timeline: ReplicaTimeline | None = None,
-                 offline_gate: OfflineGate | None = None) -> None:
+                 offline_gate: OfflineGate | None = None, disaggregation: Disaggregation | None = None) -> None:
+        """`disaggregation`: the rule and KV link of a fleet with prefill replicas (required there)."""
         if not replicas:
             raise ValueError("a simulated fleet needs at least one replica")
+        roles = {replica.role for replica in replicas}
+        if roles == {"prefill"}:
+            raise ValueError("a simulated fleet needs a decode or mixed replica besides its prefill replicas")
+        if "prefill" in roles and disaggregation is None:
+            raise ValueError("a fleet with prefill replicas needs a Disaggregation (its rule and KV link), e.g. "
+                             "Disaggregation(KVLink.of('nvlink', model_config))")
         block_sizes = {replica.kv.block_size for replica in replicas}
         if len(block_sizes) > 1:
             raise ValueError(f"every replica must use one KV block size, got {sorted(block_sizes)}")
@@ -79,6 +98,9 @@ class SimFleet:
         self.held: deque[HeldRequest] = deque()
         self.num_held = 0  # offline requests that waited at the router
         self.held_s = 0.0  # and how long, in all
+        self.with_roles = roles != {"mixed"}
+        self.disaggregation = disaggregation
+        self.transfers = KVTransfers(disaggregation.link, len(replicas)) if disaggregation is not None else None
 
     def run(self, arrivals: Iterable[Arrival] | Workload) -> list[RequestRecord]:
         """Replay the arrivals (in order of sent time) to the end; returns one record per request."""
@@ -117,9 +139,16 @@ class SimFleet:
 
     def _advance(self, until: float, inclusive: bool) -> None:
         """Run every replica wake-up before `until` (and at it, when inclusive)."""
-        queue, replicas, view = self.queue, self.replicas, self.view
+        queue, replicas, view, transfers = self.queue, self.replicas, self.view, self.transfers
         while True:
             due = queue.peek_time()
+            if transfers and transfers.next_landing() <= due:  # a KV landing as a step ends joins the next step
+                due = transfers.next_landing()
+                if due > until or (due == until and not inclusive):
+                    return
+                self.clock = due
+                self._land(transfers.pop(), due)
+                continue
             if due > until or (due == until and not inclusive) or due == math.inf:
                 return
             now, index = queue.pop()
@@ -129,6 +158,8 @@ class SimFleet:
             queue.set(index, replica.wake(now))
             if not extends_only:
                 view.touched(index)
+                if replica.handoffs:
+                    self._take_handoffs(replica, now)
                 if self.held:
                     self._release_held(now)
 
@@ -139,12 +170,7 @@ class SimFleet:
         block_size = self.block_size
         hashes, shared = request_block_hashes(spec, block_size, prompt + output, self._uid)
         self._uid += 1
-        params_key = (output, spec.priority, spec.service_class)
-        params = self._params.get(params_key)
-        if params is None:
-            params = self._params[params_key] = SamplingParams(
-                temperature=0.0, max_tokens=output, ignore_eos=True, priority=spec.priority,
-                service_class=spec.service_class)
+        params = self._sampling_params(output, spec.priority, spec.service_class)
         request = Request(spec.request_id, [0] * prompt, params, NO_EOS, now, block_hashes=hashes)
         route = RouteRequest(spec.request_id, prompt, output, tuple(hashes[:prompt // block_size]),
                              session_key=spec.session_id, offline=params.offline)
@@ -152,29 +178,67 @@ class SimFleet:
                                service_class=spec.service_class, priority=spec.priority)
         if route.offline:
             # First come, first served: behind those already held.
-            replica_id = None if self.held else self.offline_gate.choose(route, self.view.snapshot([], now))
+            snapshot = self.view.snapshot([], now)
+            replica_id = None if self.held else self.offline_gate.choose(route, self._decoders(snapshot))
             if replica_id is None:
                 self.held.append(HeldRequest(request, route, record, now))
                 self.num_held += 1
             else:
-                self._dispatch(request, route, record, replica_id, now)
+                self._place(request, route, record, replica_id, snapshot, now)
             return record
         if shared:
             self.view.expect_shared_blocks()
         # A prefix hit never covers the prompt's last token (the scheduler computes it for its logits).
         snapshot = self.view.snapshot(hashes[:min(shared, (prompt - 1) // block_size)], now)
-        self._dispatch(request, route, record, self.policy.choose(route, snapshot), now)
+        self._place(request, route, record, self.policy.choose(route, self._decoders(snapshot)), snapshot, now)
         return record
 
-    def _dispatch(self, request: Request, route: RouteRequest, record: RequestRecord, replica_id: str,
-                  now: float) -> None:
+    def _sampling_params(self, max_tokens: int, priority: int, service_class: str) -> SamplingParams:
+        key = (max_tokens, priority, service_class)
+        params = self._params.get(key)
+        if params is None:
+            params = self._params[key] = SamplingParams(
+                temperature=0.0, max_tokens=max_tokens, ignore_eos=True, priority=priority,
+                service_class=service_class)
+        return params
+
+    def _decoders(self, snapshot: FleetSnapshot) -> FleetSnapshot:
+        """The replicas a policy may choose to decode: all but the prefill ones."""
+        return decode_candidates(snapshot) if self.with_roles else snapshot
+
+    def _place(self, request: Request, route: RouteRequest, record: RequestRecord, decode_id: str,
+               snapshot: FleetSnapshot, now: float) -> None:
+        """Send the request to the replica chosen to decode it, its prompt first to a prefill replica when the
+        disaggregation rule says so."""
+        disaggregation, transfers = self.disaggregation, self.transfers
+        if disaggregation is None or transfers is None or not self.with_roles:
+            self._dispatch(request, route, record, decode_id, now)
+            return
+        decode_index = self._index(decode_id)
+        prefill_id = disaggregation.rule.choose_prefill(route, snapshot.replicas[decode_index], snapshot)
+        if prefill_id is None:
+            transfers.stats.local_prefills += 1
+            self._dispatch(request, route, record, decode_id, now)
+        else:
+            self._prefill_remotely(request, route, record, decode_index, self._index(prefill_id), now)
+
+    def _index(self, replica_id: str) -> int:
         index = self.index_of.get(replica_id)
         if index is None:
             raise ValueError(f"policy {self.policy.name!r} chose {replica_id!r}, not a replica of this fleet")
-        replica = self.replicas[index]
+        return index
+
+    def _dispatch(self, request: Request, route: RouteRequest, record: RequestRecord, replica_id: str,
+                  now: float) -> None:
+        index = self._index(replica_id)
         if self.timeline is not None:
             self.timeline.routed_to(index)
         cached = self.view.cached_tokens.get(index, 0) if not route.offline else 0
+        self._submit(index, request, route, record, cached, now)
+
+    def _submit(self, index: int, request: Request, route: RouteRequest, record: RequestRecord, cached: int,
+                now: float) -> None:
+        replica = self.replicas[index]
         ticket = replica.router.begin(max(route.prompt_tokens - cached, 0), route.max_tokens, now,
                                       offline=route.offline)
         wake = replica.submit(TrackedRequest(request, record, ticket), now)
@@ -182,13 +246,82 @@ class SimFleet:
             self.queue.set(index, wake)
         self.view.touched(index)
 
+    # --- disaggregated prefill ----------------------------------------------------------------------
+
+    def _prefill_remotely(self, request: Request, route: RouteRequest, record: RequestRecord, decode_index: int,
+                          prefill_index: int, now: float) -> None:
+        """Send the prompt to the prefill replica as a request of its own; the decode replica counts the
+        request from now on, without prefill work."""
+        decode, prefill = self.replicas[decode_index], self.replicas[prefill_index]
+        if self.timeline is not None:
+            self.timeline.routed_to(decode_index)
+            self.timeline.routed_to(prefill_index)
+        decode_ticket = decode.router.begin(0, route.max_tokens, now, offline=route.offline)
+        remote = RemotePrefill(request, route, record, decode_index, decode_ticket,
+                               self.view.cached_tokens.get(decode_index, 0), prefill_index)
+        params = self._sampling_params(1, request.priority, request.sampling_params.service_class)
+        leg = Request(request.request_id, request.prompt_token_ids, params, NO_EOS, now,
+                      block_hashes=request.block_hashes)
+        cached = self.view.cached_tokens.get(prefill_index, 0)
+        ticket = prefill.router.begin(max(route.prompt_tokens - cached, 0), 1, now, offline=route.offline)
+        scratch = RequestRecord(request.request_id, record.arrival_s, now, prompt_tokens=route.prompt_tokens)
+        wake = prefill.submit(TrackedRequest(leg, scratch, ticket, remote), now)
+        if wake is not None:
+            self.queue.set(prefill_index, wake)
+        self.view.touched(prefill_index)
+        self.view.touched(decode_index)
+        if prefill.handoffs:  # refused at once
+            self._take_handoffs(prefill, now)
+
+    def _take_handoffs(self, replica: SimReplica, now: float) -> None:
+        """The prefills this replica finished (or refused) for decode replicas: send their KV on (or leave the
+        prompt to the decode replica)."""
+        handoffs, replica.handoffs = replica.handoffs, []
+        for tracked in handoffs:
+            remote = tracked.handoff
+            assert remote is not None
+            if tracked.record.success:
+                self._send_kv(remote, now)
+            else:
+                self._prefill_locally_after_refusal(remote, now)
+
+    def _send_kv(self, remote: RemotePrefill, now: float) -> None:
+        """Only the prompt's blocks the decode replica does not hold cross the link, as the live decode replica
+        fetches only those."""
+        transfers = self.transfers
+        assert transfers is not None
+        decode, request = self.replicas[remote.decode_index], remote.request
+        prompt, block_size = request.num_prompt_tokens, self.block_size
+        held = decode.kv.cached_prefix_length(request.block_hashes[:prompt // block_size]) * block_size
+        transfers.stats.remote_prefills += 1
+        transfers.start(remote, prompt - held, now)
+
+    def _land(self, remote: RemotePrefill, now: float) -> None:
+        """The KV has arrived: the decode replica takes the request with the prefill's first token."""
+        index, request = remote.decode_index, remote.request
+        request.output_token_ids.append(0)
+        tracked = TrackedRequest(request, remote.record, remote.decode_ticket)
+        wake = self.replicas[index].import_prefilled(tracked, request.num_prompt_tokens, now)
+        if wake is not None:
+            self.queue.set(index, wake)
+        self.view.touched(index)
+
+    def _prefill_locally_after_refusal(self, remote: RemotePrefill, now: float) -> None:
+        transfers = self.transfers
+        assert transfers is not None
+        transfers.stats.fallbacks += 1
+        transfers.stats.local_prefills += 1
+        self.replicas[remote.decode_index].router.finish(remote.decode_ticket)
+        self._submit(remote.decode_index, remote.request, remote.route, remote.record, remote.decode_cached, now)
+
     def _release_held(self, now: float) -> None:
         """Send held offline requests on, first come first served, while a replica has room."""
         while self.held:
             first = self.held[0]
-            replica_id = self.offline_gate.choose(first.route, self.view.snapshot([], now))
+            snapshot = self.view.snapshot([], now)
+            replica_id = self.offline_gate.choose(first.route, self._decoders(snapshot))
             if replica_id is None:
                 return
             self.held.popleft()
             self.held_s += now - first.held_s
-            self._dispatch(first.request, first.route, first.record, replica_id, now)
+            self._place(first.request, first.route, first.record, replica_id, snapshot, now)

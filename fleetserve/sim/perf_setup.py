@@ -6,6 +6,7 @@ the fleet with neither is an error, as is a profile of another model than the on
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from fleetserve.model.config import ModelConfig
@@ -57,18 +58,19 @@ def load_model_config(model: str | None, model_config: str | None,
     return ModelConfig.from_file(resolve_model(model) / "config.json"), name
 
 
-def perf_models(fleet: list[tuple[Hardware, int]], perf_specs: list[str], model_config: ModelConfig,
-                profiles: dict[str, ProfiledModel] | None = None) -> dict[str, PerfModel]:
+def perf_models(fleet: Sequence[tuple[Hardware, int] | tuple[Hardware, int, str]], perf_specs: list[str],
+                model_config: ModelConfig, profiles: dict[str, ProfiledModel] | None = None) -> dict[str, PerfModel]:
     """One performance model per hardware of the fleet."""
     specs = perf_specs or [ROOFLINE]
     profiles = profiles if profiles is not None else load_profiles(specs)
-    fleet_names = [hardware.name for hardware, _ in fleet]
+    hardware_of_fleet = list({entry[0].name: entry[0] for entry in fleet}.values())
+    fleet_names = [hardware.name for hardware in hardware_of_fleet]
     unused = sorted(set(profiles) - set(fleet_names))
     if unused:
         raise ValueError(f"profiles were measured on {unused} ({', '.join(str(profiles[h].source) for h in unused)}) "
                          f"but the fleet has only {fleet_names}")
     models: dict[str, PerfModel] = {}
-    for hardware, _ in fleet:
+    for hardware in hardware_of_fleet:
         if hardware.name in profiles:
             check_profile_model(profiles[hardware.name], model_config)
             models[hardware.name] = profiles[hardware.name]

@@ -15,6 +15,13 @@ its step cost; the scheduler schedules them as extra decode rows, which the perf
 those and one more token. Decode runs are then stepped one by one, not planned as segments, since a
 segment assumes one token per request per step.
 
+A replica has a role (fleetserve.fleet.disaggregation): a prefill replica serves the prefills of requests
+decoded elsewhere (max_tokens=1) and hands each finished one to the fleet (`handoffs`), which sends its KV
+on; a decode replica also takes requests whose prompt was prefilled elsewhere (`import_prefilled`): their
+first token is the client's at the KV's arrival, and at the next step the scheduler takes their blocks
+(`Scheduler.add_prefilled_request`) and they wait for their first decode step, or, when the blocks do not
+fit, compute their prompt here. Decode runs need no change for them: admitted, they decode like the others.
+
 The replica also keeps the router's view of its load, a `fleetserve.fleet.replicas.Replica` fed the calls
 the live proxy makes (begin when routed, first_byte, progress per token, finish).
 
@@ -29,6 +36,7 @@ from fleetserve.engine.kv_cache import KVCacheManager
 from fleetserve.engine.request import Request
 from fleetserve.engine.scheduler import Scheduler, SchedulerOutput
 from fleetserve.engine.speculation import Speculation
+from fleetserve.fleet.disaggregation import check_role
 from fleetserve.fleet.replicas import Replica
 from fleetserve.perf.model import PerfModel
 from fleetserve.perf.step_shape import shape_of
@@ -42,7 +50,7 @@ from fleetserve.sim.tracked import TrackedRequest
 class SimReplica:
     def __init__(self, replica_id: str, hardware_name: str, perf: PerfModel, config: ReplicaConfig,
                  model_max_len: int, options: SimOptions | None = None, weight: float = 1.0,
-                 acceptance: AcceptanceDraws | None = None) -> None:
+                 acceptance: AcceptanceDraws | None = None, role: str = "mixed") -> None:
         """`acceptance`: the draws shared by the fleet's replicas (so a trace's rates go to requests in the
         order they reach the fleet); by default this replica's own, from `config.spec_acceptance`."""
         capacity = perf.kv_capacity_tokens()
@@ -52,15 +60,19 @@ class SimReplica:
                              f"{num_blocks} blocks of {config.block_size} tokens; a replica needs at least 2")
         self.replica_id = replica_id
         self.hardware_name = hardware_name
+        self.role = check_role(role)
         self.perf = perf
         self.config = config
         self.options = options or SimOptions()
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(config.scheduler_config(model_max_len), self.kv, perf)
         self.router = Replica(replica_id, f"sim://{replica_id}", weight=weight, block_size=config.block_size,
-                              healthy=True, pool=hardware_name)
+                              healthy=True, pool=hardware_name, role=self.role)
         self.tracked: dict[str, TrackedRequest] = {}
         self.inbox: list[TrackedRequest] = []
+        self.imports: dict[str, int] = {}  # request id -> prompt tokens prefilled elsewhere, for inbox requests
+        self.handoffs: list[TrackedRequest] = []  # prefills done (or refused) for other replicas, for the fleet
+        self.num_import_recomputes = 0  # imported requests whose blocks did not fit, so computed their prompt
         self.pending: SchedulerOutput | None = None
         self.segment: Segment | None = None
         self.step_start = 0.0
@@ -93,8 +105,36 @@ class SimReplica:
             return None
         self.inbox.append(tracked)
         self.tracked[tracked.request.request_id] = tracked
-        if self.acceptance is not None:
+        if self.acceptance is not None and tracked.handoff is None:
             self.acceptance.arrive(tracked.request.request_id)
+        return self._woken_by_arrival(now)
+
+    def import_prefilled(self, tracked: TrackedRequest, num_prefilled: int, now: float) -> float | None:
+        """Take at `now` a request whose first `num_prefilled` tokens' KV (its prompt) has just arrived from a
+        prefill replica, with the first output token it sampled; the client has that token now. Returns the
+        replica's new wake-up time if it changed."""
+        request = tracked.request
+        refusal = self._refusal(request)
+        if refusal is not None:
+            self._reject(tracked, now, refusal.error_kind, refusal.reason)
+            return None
+        record = tracked.record
+        record.first_token_s = now
+        if self.options.record_token_times:
+            record.token_times_s.append(now)
+        self.router.first_byte(tracked.ticket, now)
+        self.router.progress(tracked.ticket, request.num_output_tokens)
+        self.tracked[request.request_id] = tracked
+        if request.num_output_tokens >= request.max_tokens:  # the prefill's token was the whole answer
+            self.complete(tracked, now)
+            return None
+        self.inbox.append(tracked)
+        self.imports[request.request_id] = num_prefilled
+        if self.acceptance is not None:
+            self.acceptance.arrive(request.request_id)
+        return self._woken_by_arrival(now)
+
+    def _woken_by_arrival(self, now: float) -> float | None:
         if self.busy_until is None:
             return self._start_step(now)
         if self.segment is not None and self.segment.cut_at(now):
@@ -130,9 +170,15 @@ class SimReplica:
 
     def _start_step(self, now: float) -> float | None:
         if self.inbox:
+            imports = self.imports
             for tracked in self.inbox:
+                request = tracked.request
                 try:
-                    self.scheduler.add_request(tracked.request)
+                    if imports and request.request_id in imports:
+                        if self.scheduler.add_prefilled_request(request, imports.pop(request.request_id)) is None:
+                            self.num_import_recomputes += 1
+                    else:
+                        self.scheduler.add_request(request)
                 except RequestRefused as error:
                     self._reject(tracked, now, error.refusal.error_kind, error.refusal.message)
             self.inbox.clear()
@@ -228,7 +274,9 @@ class SimReplica:
         self.router.finish(tracked.ticket)
         request_id = tracked.request.request_id
         del self.tracked[request_id]
-        if self.speculation is not None:
+        if tracked.handoff is not None:
+            self.handoffs.append(tracked)
+        elif self.speculation is not None:
             self._release_speculation(request_id)
 
     def _release_speculation(self, request_id: str) -> None:
@@ -244,11 +292,15 @@ class SimReplica:
         record.end_s = now
         self.router.finish(tracked.ticket)
         self.tracked.pop(tracked.request.request_id, None)
-        if self.speculation is not None:
+        self.imports.pop(tracked.request.request_id, None)
+        if tracked.handoff is not None:
+            self.handoffs.append(tracked)
+        elif self.speculation is not None:
             self._release_speculation(tracked.request.request_id)
 
     def stats(self) -> dict[str, object]:
         return {"replica": self.replica_id, "hardware": self.hardware_name, "perf_model": self.perf.name,
+                **({"role": self.role} if self.role != "mixed" else {}),
                 "kv_blocks": self.kv.num_blocks, "steps": self.num_steps, "full_steps": self.num_full_steps,
                 "decode_segments": self.num_segments, "preemptions": self.scheduler.num_preemptions,
                 "busy_s": self.busy_s, "prefix_cache_hit_tokens": self.kv.prefix_cache_hits,

@@ -11,11 +11,11 @@ from typing import Any
 from fleetserve.bench.metrics import SLO, RequestRecord
 from fleetserve.fleet.offline_gate import OfflineGate
 from fleetserve.fleet.policies import Policy
-from fleetserve.perf.hardware import Hardware
 from fleetserve.perf.model import PerfModel
-from fleetserve.sim.build import build_replicas
-from fleetserve.sim.config import ReplicaConfig, SimOptions
+from fleetserve.sim.build import FleetSpec, build_replicas
+from fleetserve.sim.config import Disaggregation, ReplicaConfig, SimOptions
 from fleetserve.sim.fleet import Arrival, SimFleet
+from fleetserve.sim.kv_transfers import KVTransfers
 from fleetserve.sim.replica import SimReplica
 from fleetserve.sim.timeline import ReplicaTimeline
 from fleetserve.speculative.stats import SpeculationStats
@@ -32,18 +32,22 @@ class SimulationRun:
     timeline: ReplicaTimeline | None = None
     offline_held: int = 0  # offline requests that waited at the router for a replica with room
     offline_held_s: float = 0.0  # their waits, in all
+    transfers: KVTransfers | None = None  # with replica roles: the remote prefills and their KV transfers
 
     def stats(self) -> dict[str, Any]:
         """Per hardware: replicas, perf model, steps (simulated, in full, as decode segments), preemptions,
         utilization (busy time over the simulated span), prefix-cache hit rate; with speculative decoding, the
-        drafted and accepted tokens; and the simulator's speed."""
+        drafted and accepted tokens; with replica roles, each role's replicas apart ("h100:prefill") and the
+        prefills and KV transfers (`disaggregation`); and the simulator's speed."""
         by_hardware: dict[str, list[SimReplica]] = defaultdict(list)
         for replica in self.replicas:
-            by_hardware[replica.hardware_name].append(replica)
+            name = replica.hardware_name if replica.role == "mixed" else f"{replica.hardware_name}:{replica.role}"
+            by_hardware[name].append(replica)
         hardware = {}
         for name, group in by_hardware.items():
             queried = sum(r.kv.prefix_cache_queries for r in group)
             hardware[name] = {
+                **({"role": group[0].role} if group[0].role != "mixed" else {}),
                 "replicas": len(group), "perf_model": group[0].perf.name, "kv_blocks": group[0].kv.num_blocks,
                 "steps": sum(r.num_steps for r in group), "full_steps": sum(r.num_full_steps for r in group),
                 "decode_segments": sum(r.num_segments for r in group),
@@ -53,10 +57,21 @@ class SimulationRun:
                 "prefix_cache_hit_rate": sum(r.kv.prefix_cache_hits for r in group) / queried if queried else None,
             }
         speculation = _speculation_stats(self.replicas)
+        disaggregation = self.disaggregation_stats()
         return {"hardware": hardware, **({"speculation": speculation} if speculation is not None else {}),
+                **({"disaggregation": disaggregation} if disaggregation is not None else {}),
                 "simulated_s": self.simulated_s, "offline_held_requests": self.offline_held,
                 "offline_held_s": self.offline_held_s, "wall_s": self.wall_s, "cpu_s": self.cpu_s,
                 "requests_per_cpu_s": len(self.records) / self.cpu_s if self.cpu_s > 0 else None}
+
+
+    def disaggregation_stats(self) -> dict[str, Any] | None:
+        """Remote and local prefills, KV transfers (tokens, bytes, mean time from a prefill's end to the KV's
+        arrival) and imports recomputed for lack of blocks; None for a fleet of mixed replicas."""
+        if self.transfers is None or all(replica.role == "mixed" for replica in self.replicas):
+            return None
+        return self.transfers.stats.as_dict(self.transfers.link,
+                                            sum(replica.num_import_recomputes for replica in self.replicas))
 
 
 def _speculation_stats(replicas: list[SimReplica]) -> dict[str, Any] | None:
@@ -70,21 +85,31 @@ def _speculation_stats(replicas: list[SimReplica]) -> dict[str, Any] | None:
     return total.as_dict()
 
 
-def simulate(arrivals: list[Arrival] | Workload, fleet: list[tuple[Hardware, int]],
-             perf_by_hardware: Mapping[str, PerfModel], policy: Policy, model_max_len: int,
-             config: ReplicaConfig | None = None, options: SimOptions | None = None,
-             timeline_interval_s: float | None = None, offline_gate: OfflineGate | None = None) -> SimulationRun:
-    """With `timeline_interval_s`, also sample every replica's state on that grid (`SimulationRun.timeline`).
-    `offline_gate` places offline requests and holds them at the router (default: OfflineGate())."""
+def simulate(arrivals: list[Arrival] | Workload, fleet: FleetSpec, perf_by_hardware: Mapping[str, PerfModel],
+             policy: Policy, model_max_len: int, config: ReplicaConfig | None = None,
+             options: SimOptions | None = None, timeline_interval_s: float | None = None,
+             offline_gate: OfflineGate | None = None, disaggregation: Disaggregation | None = None) -> SimulationRun:
+    """Replay `arrivals` on `fleet` (`parse_fleet_spec`'s entries, roles included) to the end.
+
+    With `timeline_interval_s`, also sample every replica's state on that grid (`SimulationRun.timeline`).
+    `offline_gate` places offline requests and holds them at the router (default: OfflineGate()).
+    `disaggregation`: the prefill/decode rule and KV link, required when the fleet has prefill replicas:
+
+        fleet = parse_fleet_spec("h100:2:prefill,h100:6:decode")
+        link = KVLink.of(default_link_kind(fleet), model_config)
+        run = simulate(workload, fleet, perf, make_policy("least_loaded"), max_len,
+                       disaggregation=Disaggregation(link, DisaggregationRule("conditional")))
+        run.stats()["disaggregation"]
+    """
     if not len(arrivals):
         raise ValueError("nothing to simulate: the workload has no requests")
     replicas = build_replicas(fleet, perf_by_hardware, config or ReplicaConfig(), model_max_len, options)
     timeline = ReplicaTimeline(replicas, timeline_interval_s) if timeline_interval_s is not None else None
-    sim = SimFleet(replicas, policy, timeline, offline_gate)
+    sim = SimFleet(replicas, policy, timeline, offline_gate, disaggregation)
     started, cpu_started = time.perf_counter(), time.process_time()
     records = sim.run(arrivals)
     return SimulationRun(records, replicas, sim.clock, time.perf_counter() - started,
-                         time.process_time() - cpu_started, timeline, sim.num_held, sim.held_s)
+                         time.process_time() - cpu_started, timeline, sim.num_held, sim.held_s, sim.transfers)
 
 
 def sim_result(run: SimulationRun, workload: Workload, config: dict[str, Any], slo: SLO | None) -> dict[str, Any]:

@@ -55,12 +55,12 @@ def test_unknown_hardware_error_lists_known_names():
 
 def test_parse_fleet_spec():
     fleet = parse_fleet_spec("h100:8,l4:16")
-    assert fleet == [(CATALOG["h100"], 8), (CATALOG["l4"], 16)]
+    assert fleet == [(CATALOG["h100"], 8, "mixed"), (CATALOG["l4"], 16, "mixed")]
 
 
 def test_parse_fleet_spec_tolerates_spaces_case_aliases_and_bare_names():
     fleet = parse_fleet_spec(" H100-SXM : 2 , a10g ")
-    assert fleet == [(CATALOG["h100"], 2), (CATALOG["a10g"], 1)]
+    assert fleet == [(CATALOG["h100"], 2, "mixed"), (CATALOG["a10g"], 1, "mixed")]
 
 
 @pytest.mark.parametrize("spec, fragment", [

@@ -39,7 +39,7 @@ class Recording:
 
 def test_long_prompts_run_on_the_a100_and_short_ones_on_the_l4s(llama3_8b):
     fleet = parse_fleet_spec("a100-80gb:1,l4:2")
-    perf = {hardware.name: RooflineModel(llama3_8b, hardware) for hardware, _ in fleet}
+    perf = {hardware.name: RooflineModel(llama3_8b, hardware) for hardware, *_ in fleet}
     workload = synthetic_workload(120, 20, prompt_len="uniform:64:2048", output_len="uniform:8:64", seed=3)
     policy = Recording(BucketPolicy(LONG_TO_A100))
     run = simulate(workload, fleet, perf, policy, 8192)  # type: ignore[arg-type]

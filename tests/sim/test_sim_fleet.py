@@ -63,7 +63,7 @@ def test_least_loaded_spreads_a_burst():
 
 def test_mixed_hardware_fleet_weighs_replicas_by_speed(llama3_8b):
     fleet = parse_fleet_spec("h100:2,l4:1")
-    perf = {hardware.name: RooflineModel(llama3_8b, hardware) for hardware, _ in fleet}
+    perf = {hardware.name: RooflineModel(llama3_8b, hardware) for hardware, *_ in fleet}
     run = simulate(synthetic_workload(40, 10, seed=4), fleet, perf, make_policy("least_loaded"), 8192)
     weights = {replica.hardware_name: replica.router.weight for replica in run.replicas}
     assert weights["l4"] == 1.0 and weights["h100"] > 2
