@@ -22,6 +22,7 @@ from fleetserve.commands.service_class_arguments import (
     given_service_class_flags,
     service_class_config,
 )
+from fleetserve.commands.sim_goodput import add_goodput_arguments, check_goodput_arguments, run_goodput
 from fleetserve.fleet.disaggregation import MODES, DisaggregationRule
 from fleetserve.perf.kv_link import KV_DTYPE_BYTES, LINK_KINDS
 from fleetserve.sim.config import PREFIX_VIEWS, ReplicaConfig, SimOptions
@@ -73,6 +74,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     add_service_class_arguments(p)
     add_replica_arguments(p)
     add_disaggregation_arguments(p.add_argument_group("prefill/decode disaggregation (fleets with replica roles)"))
+    add_goodput_arguments(p.add_argument_group("goodput search (DistServe)"))
     p.add_argument("--no-skip", action="store_true", help="simulate every decode step (slower, same results)")
     p.add_argument("--prefix-view", choices=PREFIX_VIEWS, default=SimOptions.prefix_view,
                    help="how the router learns which replica caches a prefix: 'events' (the live router's index, "
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> int:
     from fleetserve.sim.validate import load_live_run
 
     console = Console(soft_wrap=True)
+    check_goodput_arguments(args)
     if args.validate is None and args.requests is not None:
         raise ValueError("--requests goes with --validate")
     if args.validate is not None:
@@ -176,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
             speedup=args.speedup, rate=args.rate, duration_s=args.duration, seed=args.seed)
         workload = apply_service_classes(workload, args)
         arrivals = workload
+    if args.goodput:
+        return run_goodput(args, console, workload, fleet, perf, model_config, replica_config, options,
+                           routing_options, lambda entries: disaggregation_of(args, entries, model_config))
 
     console.print(f"simulating {len(workload)} requests of {workload.name} on {args.fleet} "
                   f"({', '.join(f'{name}: {model.name}' for name, model in perf.items())}; model {model_name}; "

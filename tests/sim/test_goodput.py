@@ -1,7 +1,10 @@
 """The goodput search: DistServe's highest rate at the target SLO attainment, per GPU, over prefill:decode splits."""
+import json
+
 import pytest
 
 from fleetserve.bench.metrics import SLO
+from fleetserve.cli import main
 from fleetserve.fleet.policies import make_policy
 from fleetserve.perf.hardware import parse_fleet_spec
 from fleetserve.perf.roofline import RooflineModel
@@ -15,10 +18,10 @@ BALANCED = SLO(ttft_ms=400, tpot_ms=30)
 
 @pytest.fixture
 def trials(llama3_8b) -> RateTrials:
-    """Two simulated H100s serving 300 requests of 300-1,500 prompt tokens and 20-200 output tokens."""
+    """Two simulated H100s serving 200 requests of 300-1,500 prompt tokens and 20-200 output tokens."""
     fleet = parse_fleet_spec("h100:2")
     perf = {"h100": RooflineModel(llama3_8b, fleet[0][0])}
-    workload = synthetic_workload(300, rate=10, prompt_len="uniform:300:1500", output_len="uniform:20:200", seed=3)
+    workload = synthetic_workload(200, rate=10, prompt_len="uniform:300:1500", output_len="uniform:20:200", seed=3)
 
     def run(shaped):
         return simulate(shaped, fleet, perf, make_policy("least_loaded"), 8192, ReplicaConfig(),
@@ -97,3 +100,29 @@ def test_the_search_settings_are_checked():
         GoodputSearch(SLO())
     with pytest.raises(ValueError, match="attainment"):
         GoodputSearch(BALANCED, attainment=1.5)
+
+
+def test_sim_goodput_writes_the_goodput_and_the_split_table(tmp_path, model_config, capsys):
+    out = tmp_path / "goodput.json"
+    code = main(["sim", "--synthetic", "rate=10,n=120,prompt=uniform:500:2000,output=uniform:20:100,seed=2",
+                 "--fleet", "h100:1:prefill,h100:2:decode", "--model-config", str(model_config),
+                 "--slo", "ttft=400,tpot=30", "--goodput", "--goodput-ratios", "--goodput-start-rate", "8",
+                 "--goodput-iterations", "2", "--json", str(out)])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads(out.read_text())
+    assert result["attainment"] == 0.9
+    assert result["goodput"]["per_gpu"] == result["goodput"]["rate"] / 3 > 0
+    assert [(row["prefill"], row["decode"]) for row in result["ratios"]["table"]] == [(1, 2), (2, 1)]
+    best = result["ratios"]["best"]
+    assert best["rate"] == max(row["rate"] for row in result["ratios"]["table"])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--goodput"], "--goodput needs --slo"),
+    (["--goodput", "--slo", "ttft=100", "--plot", "x"], "--plot cannot be used with --goodput"),
+    (["--goodput-ratios", "--slo", "ttft=100"], "--goodput-ratios goes with --goodput"),
+])
+def test_sim_goodput_flags_are_checked(model_config, capsys, args, message):
+    assert main(["sim", "--synthetic", "rate=1,n=5", "--fleet", "h100:2", "--model-config", str(model_config),
+                 *args]) == 2
+    assert message in capsys.readouterr().err
