@@ -198,7 +198,7 @@ class LLMEngine:
                 request.num_computed_tokens = 0
             elif held is not None:
                 self.runner.write_kv(self.kv_cache.block_table(request.request_id), held,
-                                     prefilled.kv[:, :, :, held - prefilled.start:])
+                                     prefilled.kv[held - prefilled.start:])
                 self.num_imported_tokens_total += num_prompt - held
                 request.num_cached_prompt_tokens = held
         state = self._track(request, False)

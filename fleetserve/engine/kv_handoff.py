@@ -19,7 +19,7 @@ import torch
 class KVExport:
     prompt_token_ids: list[int]
     first_token_id: int
-    kv: torch.Tensor  # (layers, 2, kv_heads, prompt tokens, head_dim)
+    kv: torch.Tensor  # (prompt tokens, layers, 2, kv_heads, head_dim), contiguous
     created_s: float = field(default_factory=time.monotonic)
 
     @property
@@ -31,7 +31,7 @@ class KVExport:
 class PrefilledKV:
     """The KV of prompt tokens [start, end of prompt) and the first output token, from a prefill replica."""
     start: int
-    kv: torch.Tensor  # (layers, 2, kv_heads, tokens, head_dim)
+    kv: torch.Tensor  # (tokens, layers, 2, kv_heads, head_dim)
     first_token_id: int
 
 

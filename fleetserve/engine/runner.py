@@ -35,15 +35,16 @@ class ModelRunner:
         return self._tensor([block_table[p // bs] * bs + p % bs for p in range(start, end)])
 
     def read_kv(self, block_table: list[int], start: int, end: int) -> torch.Tensor:
-        """A copy of the KV of token positions [start, end): (layers, 2, kv_heads, tokens, head_dim)."""
+        """A copy of the KV of token positions [start, end), token-major so that any later part of it is
+        contiguous: (tokens, layers, 2, kv_heads, head_dim)."""
         slots = self._slots(block_table, start, end)
-        return torch.stack([cache.flatten(2, 3)[:, :, slots] for cache in self.kv_caches])
+        return torch.stack([cache.flatten(2, 3)[:, :, slots].permute(2, 0, 1, 3) for cache in self.kv_caches], 1)
 
     def write_kv(self, block_table: list[int], start: int, kv: torch.Tensor) -> None:
         """Store KV laid out as read_kv gives it at token positions start, start + 1, ..."""
-        slots = self._slots(block_table, start, start + kv.shape[3])
-        for cache, layer_kv in zip(self.kv_caches, kv):
-            cache.flatten(2, 3)[:, :, slots] = layer_kv.to(cache.dtype)
+        slots = self._slots(block_table, start, start + kv.shape[0])
+        for layer, cache in enumerate(self.kv_caches):
+            cache.flatten(2, 3)[:, :, slots] = kv[:, layer].permute(1, 2, 0, 3).to(cache.dtype)
 
     def _tensor(self, values: list[int]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)

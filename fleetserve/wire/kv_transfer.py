@@ -12,7 +12,7 @@ params to the decode replica. fleetserve adds three fields, which proxies pass t
 The decode replica fetches `GET /v1/kv_transfer/{remote_request_id}?start=N` (N: the prompt tokens it already
 holds in its prefix cache). The answer, streamed in chunks, is
     b"FSKV" | header length (4 bytes, little-endian) | header (JSON) | body
-where the body is the KV of prompt tokens [start, end) laid out (layers, 2, kv_heads, tokens, head_dim) in
+where the body is the KV of prompt tokens [start, end) laid out (tokens, layers, 2, kv_heads, head_dim) in
 the header's dtype, and the header carries the body's CRC-32, so a cut or corrupted transfer is detected.
 """
 from __future__ import annotations
@@ -51,9 +51,6 @@ class KVShape:
     head_dim: int
     dtype: str  # torch's name without the prefix: "bfloat16", "float32", ...
 
-    def bytes_per_token(self, dtype_bytes: int) -> int:
-        return 2 * self.num_layers * self.num_kv_heads * self.head_dim * dtype_bytes
-
 
 @dataclass(frozen=True)
 class PayloadHeader:
@@ -88,17 +85,19 @@ class PayloadHeader:
         return header, 8 + length
 
 
-def encode_payload(shape: KVShape, start: int, end: int, token_ids: Sequence[int], body: bytes) -> list[bytes]:
-    """The payload as chunks of at most CHUNK_BYTES (the first is the header)."""
+def encode_payload(shape: KVShape, start: int, end: int, token_ids: Sequence[int],
+                   body: memoryview | bytes) -> tuple[bytes, list[memoryview]]:
+    """The payload's header and its body (flat bytes) in chunks of at most CHUNK_BYTES (views, not copies)."""
+    body = memoryview(body)
     header = PayloadHeader(shape, start, end, prompt_hash(token_ids), zlib.crc32(body), len(body))
-    view = memoryview(body)
-    return [header.to_bytes()] + [bytes(view[i:i + CHUNK_BYTES]) for i in range(0, len(body), CHUNK_BYTES)]
+    return header.to_bytes(), [body[i:i + CHUNK_BYTES] for i in range(0, len(body), CHUNK_BYTES)]
 
 
-def decode_payload(data: bytes, expected: KVShape, token_ids: Sequence[int], start: int) -> tuple[PayloadHeader, bytes]:
+def decode_payload(data: bytearray, expected: KVShape, token_ids: Sequence[int],
+                   start: int) -> tuple[PayloadHeader, memoryview]:
     """Check a received payload against what the decode replica expects; returns the header and the body."""
-    header, offset = PayloadHeader.parse(data)
-    body = data[offset:]
+    header, offset = PayloadHeader.parse(bytes(data[:64 * 1024]))
+    body = memoryview(data)[offset:]
     if len(body) != header.body_bytes:
         raise KVTransferError(f"the KV payload was cut short: {len(body)} of {header.body_bytes} body bytes")
     if zlib.crc32(body) != header.crc32:
