@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fleetserve.commands.bench_arguments import _positive
 from fleetserve.commands.replica_arguments import add_replica_arguments
+from fleetserve.commands.sim import add_disaggregation_arguments
 from fleetserve.workload.traces import TRACE_KINDS
 
 
@@ -61,6 +62,12 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the capacity cache")
     p.add_argument("--no-recheck", action="store_true", help="skip simulating the planned fleet on the workload")
     p.add_argument("--max-recheck-rounds", type=int, default=8, help="devices the re-check may add, one per round")
+    roles = p.add_argument_group("replica roles (prefill/decode disaggregation)")
+    roles.add_argument("--disaggregated-units", default=None, metavar="P:D,...",
+                       help="also consider groups of P prefill and D decode devices of one type, e.g. 1:1,1:3, "
+                            "priced as their devices, their capacity simulated with the rule below; the plan's "
+                            "fleet then carries roles (default: mixed devices only)")
+    add_disaggregation_arguments(roles)
     add_replica_arguments(p)
     p.add_argument("--json", default=None, help="write the plan here (the file `route --plan` takes)")
     p.add_argument("--plot", default=None, help="write cost and capacity plots into this folder")

@@ -10,6 +10,10 @@ cannot serve that bucket.
 
 The same unit-rate arrival pattern is stretched for every rate, so the search sees one workload at
 different speeds, not a new random draw each time.
+
+With a `fleet` of replicas with roles (a disaggregated unit, fleetserve.plan.disaggregated_units) and its
+`disaggregation` rule and KV link, the sample is replayed on that group instead, and the capacity is the
+group's.
 """
 from __future__ import annotations
 
@@ -21,9 +25,9 @@ import numpy as np
 
 from fleetserve.bench.metrics import SLO, summarize
 from fleetserve.fleet.policies import LeastLoaded
-from fleetserve.perf.hardware import Hardware
+from fleetserve.perf.hardware import FleetEntry, Hardware
 from fleetserve.perf.model import PerfModel
-from fleetserve.sim.config import ReplicaConfig, SimOptions
+from fleetserve.sim.config import Disaggregation, ReplicaConfig, SimOptions
 from fleetserve.sim.simulate import simulate
 from fleetserve.workload.spec import RequestSpec, Workload
 from fleetserve.workload.synthetic import arrival_times
@@ -58,18 +62,21 @@ class BucketCapacity:
     """Capacity searches on one hardware type with one performance model and replica configuration."""
 
     def __init__(self, hardware: Hardware, perf: PerfModel, model_max_len: int, config: ReplicaConfig,
-                 search: CapacitySearch) -> None:
+                 search: CapacitySearch, fleet: list[FleetEntry] | None = None,
+                 disaggregation: Disaggregation | None = None) -> None:
         self.hardware, self.perf, self.model_max_len = hardware, perf, model_max_len
         self.config, self.search = config, search
+        self.fleet = fleet or [FleetEntry(hardware, 1)]
+        self.disaggregation = disaggregation
 
     def replay(self, sample: list[RequestSpec], arrivals_s: list[float], slo: SLO | None = None) -> dict:
         """The metrics module's summary of the sample replayed on one replica, arriving at these times."""
         requests = [dataclasses.replace(spec, request_id=f"c{i}", arrival_s=time)
                     for i, (spec, time) in enumerate(zip(sample, arrivals_s))]
         config = dataclasses.replace(self.config, max_queue=max(self.config.max_queue, len(requests)))
-        run = simulate(Workload(requests, "capacity", "bucket sample"), [(self.hardware, 1)],
+        run = simulate(Workload(requests, "capacity", "bucket sample"), self.fleet,
                        {self.hardware.name: self.perf}, LeastLoaded(), self.model_max_len, config,
-                       SimOptions(record_token_times=False))
+                       SimOptions(record_token_times=False), disaggregation=self.disaggregation)
         return summarize(run.records, None, slo)
 
     def attainment_at(self, sample: list[RequestSpec], unit_times: list[float], rate: float) -> float:

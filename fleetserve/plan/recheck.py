@@ -6,6 +6,11 @@ whose requests met the SLO least often, and the fleet is simulated again, until 
 round limit is reached (then the result says so, with the last attainment). Rounds are cached with the
 capacities (`capacity_cache`), keyed by a digest of the whole workload, the fleet, the routing and every
 setting, so a second plan, or a single-type fleet equal to the plan's, is not simulated again.
+
+A fleet with replica roles (devices keyed "h100:prefill", "h100:decode" beside "h100") is simulated with its
+disaggregation rule and KV link; requests count toward the pool of the replica that decodes them. A short
+pool with role devices gets a prefill device when more of its misses are TTFT misses than not (prompts
+wait for prefill), else a decode device; a pool of mixed devices gets a mixed one.
 """
 from __future__ import annotations
 
@@ -20,10 +25,11 @@ from fleetserve.bench.metrics import SLO, summarize
 from fleetserve.fleet.policies import Policy, PolicyOptions, make_policy
 from fleetserve.fleet.routing_plan import RoutingPlan
 from fleetserve.fleet.snapshot import FleetSnapshot, RouteRequest
-from fleetserve.perf.hardware import Hardware
+from fleetserve.perf.hardware import FleetEntry, Hardware
 from fleetserve.perf.model import PerfModel
 from fleetserve.plan.capacity_cache import CapacityCache, capacity_key
-from fleetserve.sim.config import ReplicaConfig, SimOptions
+from fleetserve.plan.disaggregated_units import split_key
+from fleetserve.sim.config import Disaggregation, ReplicaConfig, SimOptions
 from fleetserve.sim.simulate import simulate
 from fleetserve.workload.spec import Workload
 
@@ -42,11 +48,15 @@ class RecordingPolicy:
         return replica_id
 
 
+DisaggregationFor = Callable[[list[FleetEntry]], Disaggregation | None]
+
+
 @dataclass
 class RecheckRound:
     devices: dict[str, int]
     summary: dict[str, Any]  # the metrics module's summary (`slo_attainment` among it)
     attainment_by_pool: dict[str, float]
+    ttft_miss_share_by_pool: dict[str, float] = field(default_factory=dict)  # of a pool's misses, TTFT misses
 
 
 @dataclass
@@ -66,8 +76,14 @@ class Recheck:
                             "attainment_by_pool": r.attainment_by_pool} for r in self.rounds]}
 
 
-def fleet_of(devices: Mapping[str, int], catalog: Mapping[str, Hardware]) -> list[tuple[Hardware, int]]:
-    return [(catalog[name], count) for name, count in devices.items() if count > 0]
+def fleet_of(devices: Mapping[str, int], catalog: Mapping[str, Hardware]) -> list[FleetEntry]:
+    """Devices keyed "hardware" (mixed) or "hardware:role" as fleet entries."""
+    entries = []
+    for key, count in devices.items():
+        if count > 0:
+            hardware, role = split_key(key)
+            entries.append(FleetEntry(catalog[hardware], count, role))
+    return entries
 
 
 def workload_digest(workload: Workload) -> str:
@@ -80,39 +96,67 @@ def workload_digest(workload: Workload) -> str:
 
 def simulate_round(workload: Workload, devices: dict[str, int], routing: RoutingPlan,
                    catalog: Mapping[str, Hardware], perf: Mapping[str, PerfModel], model_max_len: int,
-                   config: ReplicaConfig, slo: SLO) -> RecheckRound:
+                   config: ReplicaConfig, slo: SLO, disaggregation_for: DisaggregationFor | None = None
+                   ) -> RecheckRound:
     policy = RecordingPolicy(make_policy("bucket", PolicyOptions(routing_plan=routing)))
-    run = simulate(workload, fleet_of(devices, catalog), perf, policy, model_max_len, config,
-                   SimOptions(record_token_times=False))
+    fleet = fleet_of(devices, catalog)
+    run = simulate(workload, fleet, perf, policy, model_max_len, config, SimOptions(record_token_times=False),
+                   disaggregation=disaggregation_for(fleet) if disaggregation_for is not None else None)
     summary = summarize(run.records, None, slo)
     pool_of = {replica.replica_id: replica.hardware_name for replica in run.replicas}
+    ttft_only = SLO(ttft_ms=slo.ttft_ms)
     met: dict[str, list[bool]] = defaultdict(list)
+    ttft_misses: dict[str, int] = defaultdict(int)
     for record in run.records:
-        met[pool_of[policy.chosen[record.request_id]]].append(slo.met_by(record))
+        pool = pool_of[policy.chosen[record.request_id]]
+        met[pool].append(slo.met_by(record))
+        if slo.ttft_ms is not None and not ttft_only.met_by(record):
+            ttft_misses[pool] += 1
     by_pool = {pool: sum(flags) / len(flags) for pool, flags in sorted(met.items())}
-    return RecheckRound(dict(devices), summary, by_pool)
+    misses = {pool: len(flags) - sum(flags) for pool, flags in met.items()}
+    ttft_share = {pool: ttft_misses[pool] / misses[pool] for pool in sorted(misses) if misses[pool]}
+    return RecheckRound(dict(devices), summary, by_pool, ttft_share)
+
+
+def device_to_add(pool: str, devices: Mapping[str, int], ttft_miss_share: float) -> str:
+    """The device key a short pool gets (the module docstring says which)."""
+    if devices.get(f"{pool}:decode", 0) == 0:
+        return pool
+    return f"{pool}:prefill" if ttft_miss_share > 0.5 else f"{pool}:decode"
 
 
 def recheck(workload: Workload, devices: Mapping[str, int], routing: RoutingPlan, catalog: Mapping[str, Hardware],
             perf: Mapping[str, PerfModel], model_max_len: int, config: ReplicaConfig, slo: SLO, target: float,
             max_rounds: int = 8, progress: Callable[[str], None] | None = None,
-            cache: CapacityCache | None = None) -> Recheck:
+            cache: CapacityCache | None = None, disaggregation_for: DisaggregationFor | None = None) -> Recheck:
+    """`devices` keyed "hardware" or "hardware:role"; `disaggregation_for(fleet)`: the rule and KV link of a
+    fleet with prefill replicas."""
     result = Recheck(target)
     current = {name: count for name, count in devices.items() if count > 0}
     workload_key = workload_digest(workload) if cache is not None else ""
     for _ in range(max_rounds + 1):
+        fleet = fleet_of(current, catalog)
+        disaggregation = disaggregation_for(fleet) if disaggregation_for is not None else None
+        # Only a fleet with roles adds its rule and link to the key, so the keys of mixed fleets stay as they were.
+        roles_key = {} if disaggregation is None else {
+            "rule": dataclasses.asdict(disaggregation.rule), "link": dataclasses.asdict(disaggregation.link)}
+        names = {entry.hardware.name for entry in fleet}
         key = capacity_key({
             "recheck": workload_key, "devices": sorted(current.items()), "routing": routing.to_jsonable(),
-            "hardware": {name: dataclasses.asdict(catalog[name]) for name in current},
-            "perf": {name: perf[name].name for name in current}, "max_len": model_max_len,
-            "replica": dataclasses.asdict(config), "slo": dataclasses.asdict(slo)})
+            "hardware": {name: dataclasses.asdict(catalog[name]) for name in names},
+            "perf": {name: perf[name].name for name in names}, "max_len": model_max_len,
+            "replica": dataclasses.asdict(config), "slo": dataclasses.asdict(slo), **roles_key})
         cached = cache.get(key) if cache is not None else None
         if isinstance(cached, dict):
-            round_ = RecheckRound(dict(current), cached["summary"], cached["attainment_by_pool"])
+            round_ = RecheckRound(dict(current), cached["summary"], cached["attainment_by_pool"],
+                                  cached.get("ttft_miss_share_by_pool", {}))
         else:
-            round_ = simulate_round(workload, current, routing, catalog, perf, model_max_len, config, slo)
+            round_ = simulate_round(workload, current, routing, catalog, perf, model_max_len, config, slo,
+                                    disaggregation_for)
             if cache is not None:
-                cache.put(key, {"summary": round_.summary, "attainment_by_pool": round_.attainment_by_pool})
+                cache.put(key, {"summary": round_.summary, "attainment_by_pool": round_.attainment_by_pool,
+                                **({"ttft_miss_share_by_pool": round_.ttft_miss_share_by_pool}
+                                   if disaggregation is not None else {})})
         result.rounds.append(round_)
         summary, by_pool = round_.summary, round_.attainment_by_pool
         if progress is not None:
@@ -121,5 +165,6 @@ def recheck(workload: Workload, devices: Mapping[str, int], routing: RoutingPlan
         if result.met or not by_pool:
             break
         short = min(by_pool, key=lambda pool: (by_pool[pool], catalog[pool].price_per_hour_usd))
-        current[short] = current.get(short, 0) + 1
+        added = device_to_add(short, current, round_.ttft_miss_share_by_pool.get(short, 0.0))
+        current[added] = current.get(added, 0) + 1
     return result

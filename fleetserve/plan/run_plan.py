@@ -3,10 +3,15 @@
 Hardware on which the model does not fit is left out (and said so); no hardware left is an error. A bucket
 that no listed hardware can serve within the SLO is an error naming the bucket and the best attainment
 reached on any hardware with its requests arriving one by one.
+
+With `--disaggregated-units 1:1,1:3` the planner also considers groups of one hardware type's devices with
+replica roles (fleetserve.plan.disaggregated_units), under the `--disaggregation` rule and KV link flags of
+`fleetserve sim`; the plan's fleet then carries roles.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,10 +19,18 @@ from typing import Any
 from fleetserve.bench.metrics import parse_slo
 from fleetserve.bench.serve import load_workload, shape_workload
 from fleetserve.commands.replica_arguments import replica_config
+from fleetserve.fleet.disaggregation import DisaggregationRule
 from fleetserve.perf.hardware import Hardware, get_hardware
-from fleetserve.plan.assignment import Assignment, fleet_spec, solve_melange, solve_split
+from fleetserve.plan.assignment import Assignment, solve_melange, solve_split
 from fleetserve.plan.capacity import BucketCapacity, CapacitySearch, sample_of
 from fleetserve.plan.capacity_cache import CapacityCache, default_cache_path
+from fleetserve.plan.disaggregated_units import (
+    devices_with_roles,
+    fleet_spec_with_roles,
+    parse_unit_shapes,
+    split_key,
+    units_for,
+)
 from fleetserve.plan.planner import (
     Capacities,
     PlanProblem,
@@ -30,6 +43,8 @@ from fleetserve.plan.planner import (
 from fleetserve.plan.recheck import Recheck, recheck
 from fleetserve.plan.workload_buckets import bucket_members
 from fleetserve.sim.perf_setup import load_model_config, load_profiles, perf_models
+
+_DISAGGREGATION_FLAGS = ("disaggregation", "min_remote_prefill_tokens", "max_prefill_queue", "kv_link", "kv_dtype")
 
 
 class PlanError(ValueError):
@@ -86,7 +101,8 @@ def plan_from_args(args: argparse.Namespace, progress: Callable[[str], None] | N
                         f"(--max-prompt-tokens, --max-output-tokens) or plan for a model with a longer context")
     search = CapacitySearch(slo, args.attainment, args.sample_requests, seed=args.seed)
     problem = PlanProblem(workload, [hw for hw, _ in fitting], {hw.name: perf for hw, perf in fitting},
-                          model_config, config, search, args.input_edges, args.output_edges, args.slice_factor)
+                          model_config, config, search, args.input_edges, args.output_edges, args.slice_factor,
+                          **role_settings(args, [hw for hw, _ in fitting]))
     cache = CapacityCache(None if args.no_cache else Path(args.cache) if args.cache else default_cache_path())
     say(f"{len(workload)} requests at {problem.total_rate:.3g} req/s; capacities of "
         f"{', '.join(hw.name for hw, _ in fitting)} per length bucket (cache: {cache.path or 'off'})")
@@ -102,11 +118,30 @@ def plan_from_args(args: argparse.Namespace, progress: Callable[[str], None] | N
             assignment = solutions[name]
             if assignment is None:
                 continue
-            rechecks[name] = recheck(workload, assignment.devices, routing_plan(capacities, assignment), catalog,
+            units = problem.units_by_name
+            rechecks[name] = recheck(workload, devices_with_roles(assignment.devices, units),
+                                     routing_plan(capacities, assignment, units), catalog,
                                      problem.perf, model_config.max_position_embeddings, config, slo,
-                                     args.attainment, args.max_recheck_rounds, say, cache)
+                                     args.attainment, args.max_recheck_rounds, say, cache, problem.disaggregation_for)
         cache.save()
     return result_dict(problem, capacities, solutions, rechecks, model_name, left_out, cache)
+
+
+def role_settings(args: argparse.Namespace, hardware: list[Hardware]) -> dict[str, Any]:
+    """PlanProblem's units, rule and KV link from `--disaggregated-units` and the disaggregation flags; {}
+    without units (which refuses the flags)."""
+    flags = {"mode": args.disaggregation, "min_remote_prefill_tokens": args.min_remote_prefill_tokens,
+             "max_prefill_queue": args.max_prefill_queue}
+    links = {"kv_link": args.kv_link, "kv_dtype": args.kv_dtype}
+    if args.disaggregated_units is None:
+        given = [f"--{name.replace('_', '-')}" for name in _DISAGGREGATION_FLAGS if getattr(args, name) is not None]
+        if given:
+            raise PlanError(f"{', '.join(given)} need --disaggregated-units, e.g. "
+                            f"--disaggregated-units 1:1,1:3 (prefill:decode devices of one type)")
+        return {}
+    rule = DisaggregationRule(**{name: value for name, value in flags.items() if value is not None})
+    return {"units": units_for(hardware, parse_unit_shapes(args.disaggregated_units)), "rule": rule,
+            **{name: value for name, value in links.items() if value is not None}}
 
 
 def check_servable(problem: PlanProblem, capacities: Capacities) -> None:
@@ -131,19 +166,21 @@ def result_dict(problem: PlanProblem, capacities: Capacities,
                 left_out: dict[str, str], cache: CapacityCache) -> dict[str, Any]:
     plan = solutions["split"]
     assert plan is not None
-    summaries = {name: None if a is None else assignment_summary(a, capacities) for name, a in solutions.items()}
+    units = problem.units_by_name
+    summaries = {name: None if a is None else assignment_summary(a, capacities, units)
+                 for name, a in solutions.items()}
     prices = {hw.name: hw.price_per_hour_usd for hw in problem.hardware}
 
     def cost(devices: dict[str, int]) -> float:
-        return sum(count * prices[name] for name, count in devices.items())
+        return sum(count * prices[split_key(key)[0]] for key, count in devices.items())
 
     for name, check in rechecks.items():
         entry = summaries[name]
         assert entry is not None
         devices = check.rounds[-1].devices
-        entry["rechecked"] = {"fleet": fleet_spec(devices), "devices": devices, "met": check.met,
+        entry["rechecked"] = {"fleet": fleet_spec_with_roles(devices), "devices": devices, "met": check.met,
                               "cost_per_hour": cost(devices)}
-    final = rechecks["split"].rounds[-1].devices if "split" in rechecks else plan.devices
+    final = rechecks["split"].rounds[-1].devices if "split" in rechecks else devices_with_roles(plan.devices, units)
     return {
         "model": model_name, "slo": {"ttft_ms": problem.search.slo.ttft_ms, "tpot_ms": problem.search.slo.tpot_ms,
                                      "e2e_ms": problem.search.slo.e2e_ms},
@@ -159,6 +196,8 @@ def result_dict(problem: PlanProblem, capacities: Capacities,
         "solutions": summaries,
         "recheck": rechecks["split"].to_jsonable() if "split" in rechecks else None,
         "single_type_recheck": rechecks["single_type"].to_jsonable() if "single_type" in rechecks else None,
-        "fleet": fleet_spec(final), "cost_per_hour": cost(final),
-        "routing": routing_plan(capacities, plan).to_jsonable(),
+        "fleet": fleet_spec_with_roles(final), "cost_per_hour": cost(final),
+        "routing": routing_plan(capacities, plan, units).to_jsonable(),
+        **({"disaggregation": {"units": list(units), **dataclasses.asdict(problem.rule),
+                               "kv_link": problem.kv_link, "kv_dtype": problem.kv_dtype}} if units else {}),
     }
