@@ -18,7 +18,7 @@ from fleetserve.commands.route import main as route_main
 from fleetserve.commands.serve_fleet import fleet_plan, fleet_router_config, replica_argv
 from fleetserve.fleet.disaggregation import DisaggregationRule
 
-from fleet_helpers import free_port, metric_sum, wait_until
+from fleet_helpers import Replica, free_port, metric_sum, wait_until
 
 PARAMS_FROM_PREFILL = {"do_remote_prefill": True, "do_remote_decode": False, "remote_engine_id": "engine-p",
                        "remote_request_id": "cmpl-p-1", "remote_host": "127.0.0.1", "remote_port": 1}
@@ -272,6 +272,21 @@ def test_a_fleet_without_roles_never_hands_off(start_router, fake_backend, fake_
 # --- real replicas --------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def prefill_and_decode(tmp_path_factory):
+    """Two real replicas of their own: long prompts fill these small caches, which the shared pair's
+    cache-sensitive tests must not inherit."""
+    folder = tmp_path_factory.mktemp("disaggregated")
+    replicas = [Replica(free_port(), folder / f"replica{i}.log") for i in range(2)]
+    try:
+        for replica in replicas:
+            replica.wait_ready()
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()
+
+
 def answer_text(response: httpx.Response) -> str:
     if response.headers["content-type"].startswith("text/event-stream"):
         events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
@@ -280,9 +295,9 @@ def answer_text(response: httpx.Response) -> str:
 
 
 @pytest.mark.slow
-def test_greedy_output_through_a_prefill_replica_equals_a_plain_request(replica_pair, start_router):
-    prefill, decode = replica_pair
-    prefill_id, decode_id = (r.url.split("//")[1] for r in replica_pair)
+def test_greedy_output_through_a_prefill_replica_equals_a_plain_request(prefill_and_decode, start_router):
+    prefill, decode = prefill_and_decode
+    prefill_id, decode_id = (r.url.split("//")[1] for r in prefill_and_decode)
     router = start_router([prefill.url, decode.url], ["--roles", "prefill,decode", "--disaggregation", "always"])
     wait_until(lambda: all(r["healthy"] for r in router.replicas().values()), 30, "both replicas healthy")
     served_before = metric_sum(prefill.metrics(), "vllm:request_success_total")
@@ -305,8 +320,9 @@ def test_greedy_output_through_a_prefill_replica_equals_a_plain_request(replica_
 
 
 @pytest.mark.slow
-def test_a_killed_prefill_replica_still_gives_a_complete_correct_answer(replica_pair, start_router, fake_prefill):
-    decode = replica_pair[1]
+def test_a_killed_prefill_replica_still_gives_a_complete_correct_answer(prefill_and_decode, start_router,
+                                                                        fake_prefill):
+    decode = prefill_and_decode[1]
     prefill = fake_prefill("hang")
     router = start_router([prefill.url, decode.url], ["--roles", "prefill,decode", "--disaggregation", "always"])
     wait_until(lambda: all(r["healthy"] for r in router.replicas().values()), 30, "both replicas healthy")
