@@ -300,6 +300,7 @@ class SimFleet:
         """The KV has arrived: the decode replica takes the request with the prefill's first token."""
         index, request = remote.decode_index, remote.request
         request.output_token_ids.append(0)
+        request.arrival_time = now  # as the live decode replica's engine stamps the decode request
         tracked = TrackedRequest(request, remote.record, remote.decode_ticket)
         wake = self.replicas[index].import_prefilled(tracked, request.num_prompt_tokens, now)
         if wake is not None:

@@ -8,10 +8,12 @@ from fleetserve.fleet.disaggregation import DisaggregationRule
 from fleetserve.fleet.policies import make_policy
 from fleetserve.perf.hardware import CATALOG, FleetEntry, parse_fleet_spec
 from fleetserve.perf.kv_link import KVLink, LinkKind, default_link_kind
+from fleetserve.sim.acceptance import AcceptanceModel
 from fleetserve.sim.build import build_replicas
 from fleetserve.sim.config import Disaggregation, ReplicaConfig, SimOptions
 from fleetserve.sim.fleet import SimFleet
 from fleetserve.sim.replica import SimReplica
+from fleetserve.speculative.config import SpeculativeConfig
 from fleetserve.workload.spec import RequestSpec, Workload
 from fleetserve.workload.synthetic import synthetic_workload
 
@@ -21,16 +23,19 @@ LINK = KVLink(LinkKind("test", 1e9, 1e-3, "a test link"), bytes_per_token=1000)
 BLOCK = ReplicaConfig().block_size
 
 
-def replica(replica_id: str, role: str = "mixed", kv_tokens: int = 200_000, skip: bool = True) -> SimReplica:
-    return SimReplica(replica_id, "test", LinearPerf(kv_tokens=kv_tokens), ReplicaConfig(), 8192,  # type: ignore[arg-type]
-                      SimOptions(skip_decodes=skip), role=role)
+def replica(replica_id: str, role: str = "mixed", kv_tokens: int = 200_000, skip: bool = True,
+            config: ReplicaConfig | None = None) -> SimReplica:
+    return SimReplica(replica_id, "test", LinearPerf(kv_tokens=kv_tokens), config or ReplicaConfig(),  # type: ignore[arg-type]
+                      8192, SimOptions(skip_decodes=skip), role=role)
 
 
 def fleet_of(roles: list[str], mode: str = "always", policy: str = "least_loaded", skip: bool = True,
-             rule: object | None = None, decode_kv_tokens: int = 200_000) -> SimFleet:
-    replicas = [replica(f"r{i}", role, decode_kv_tokens if role != "prefill" else 200_000, skip)
+             rule: object | None = None, decode_kv_tokens: int = 200_000, config: ReplicaConfig | None = None
+             ) -> SimFleet:
+    replicas = [replica(f"r{i}", role, decode_kv_tokens if role != "prefill" else 200_000, skip, config)
                 for i, role in enumerate(roles)]
-    return SimFleet(replicas, make_policy(policy), disaggregation=Disaggregation(LINK, rule or DisaggregationRule(mode)))
+    disaggregation = Disaggregation(LINK, rule or DisaggregationRule(mode))  # type: ignore[arg-type]
+    return SimFleet(replicas, make_policy(policy), disaggregation=disaggregation)
 
 
 class RecordingRule:
@@ -160,6 +165,19 @@ def test_an_import_without_room_recomputes_its_prompt_and_completes():
     records = fleet.run(workload)
     assert fleet.replicas[1].num_import_recomputes >= 1
     assert all(record.success and record.output_tokens == 200 for record in records)
+    assert_all_done_and_free(fleet)
+
+
+def test_speculative_decode_replicas_take_imported_requests():
+    config = ReplicaConfig(speculative=SpeculativeConfig("ngram", num_speculative_tokens=3),
+                           spec_acceptance=AcceptanceModel(rate=0.6, seed=1))
+    workload = synthetic_workload(30, 40, prompt_len="uniform:20:600", output_len="uniform:1:60", seed=6)
+    fleet = fleet_of(["prefill", "decode", "decode"], config=config)
+    records = fleet.run(workload)
+    assert {record.request_id: record.output_tokens for record in records} == \
+        {spec.request_id: spec.output_tokens for spec in workload}
+    assert sum(one.speculation.stats.num_accepted_tokens for one in fleet.replicas[1:]) > 0
+    assert fleet.replicas[0].speculation.stats.num_drafts == 0  # a one-token prefill never drafts
     assert_all_done_and_free(fleet)
 
 
