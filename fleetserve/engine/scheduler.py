@@ -80,6 +80,7 @@ class Scheduler:
         self.running: list[Request] = []  # online requests first, then offline ones; each part in admission order
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
+        self.num_dropped_imports = 0  # waiting prefilled requests whose blocks went to the first in line
         self.num_offline = 0  # offline requests waiting or running
         self.offline_kv_reserve = config.policy.offline_kv_reserve(kv_cache.num_blocks)
 
@@ -297,11 +298,10 @@ class Scheduler:
         else:
             computed_blocks, num_cached = self.kv_cache.get_computed_blocks(request)
         num_new = self._cap_prefill(min(request.num_tokens - num_cached, budget))
-        if request.offline:
-            if not self._allocate_offline(request, num_new, computed_blocks):
+        allocate = self._allocate_offline if request.offline else self.kv_cache.allocate_slots
+        while not allocate(request, num_new, computed_blocks):
+            if not self._drop_waiting_import(request):
                 return None
-        elif not self.kv_cache.allocate_slots(request, num_new, computed_blocks):
-            return None
         self.waiting.pop_first()
         request.num_computed_tokens = num_cached
         if request.num_output_tokens == 0:
@@ -312,6 +312,18 @@ class Scheduler:
         else:
             self.running.insert(position, request)
         return ScheduledRequest(request, num_new, num_cached)
+
+    def _drop_waiting_import(self, keep: Request) -> bool:
+        """Free the blocks of the newest waiting request that holds imported KV (it computes its prompt when
+        admitted): imports take their blocks on arrival, and without this, waiting imports could hold the
+        blocks the first waiting request needs while nothing runs to free any. False if none holds blocks."""
+        for request in reversed(list(self.waiting)):
+            if request is not keep and request.num_computed_tokens:
+                self.kv_cache.free(request)
+                request.num_computed_tokens = 0
+                self.num_dropped_imports += 1
+                return True
+        return False
 
     def _cap_prefill(self, num_new: int) -> int:
         threshold = self.config.long_prefill_token_threshold

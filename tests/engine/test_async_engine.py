@@ -34,11 +34,11 @@ def test_a_request_moving_into_the_scheduler_counts_against_the_queue(engine, mo
     entered, release = threading.Event(), threading.Event()
     add_request = engine.add_request
 
-    def slow_add_request(prompt, params, request_id, arrival_time):
+    def slow_add_request(prompt, params, request_id, arrival_time, *rest):
         if request_id == "on-its-way":
             entered.set()
             release.wait(10)
-        return add_request(prompt, params, request_id, arrival_time)
+        return add_request(prompt, params, request_id, arrival_time, *rest)
 
     monkeypatch.setattr(engine, "add_request", slow_add_request)
 

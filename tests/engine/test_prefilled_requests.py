@@ -79,3 +79,20 @@ def test_aborting_a_waiting_prefilled_request_frees_its_blocks():
     assert scheduler.kv_cache.num_free_blocks == 5
     scheduler.finish_requests(["r"], RequestStatus.FINISHED_ABORTED)
     assert scheduler.kv_cache.num_free_blocks == 8 and not scheduler.has_unfinished()
+
+
+def test_waiting_imports_give_their_blocks_to_the_first_in_line_when_nothing_runs():
+    """Imports take blocks on arrival; here they hold all but two of eight while the first waiting request
+    needs four, and nothing runs that could free any."""
+    scheduler = scheduler_with(8)
+    first = make_request("first", list(range(500, 512)), max_tokens=4)
+    scheduler.add_request(first)
+    imports = [prefilled(f"i{n}", list(range(100 * n, 100 * n + 12)), max_tokens=2) for n in (1, 2)]
+    for request in imports:
+        assert scheduler.add_prefilled_request(request, 12) == 0
+    out = scheduler.schedule()
+    assert out.scheduled[0].request is first
+    assert scheduler.num_dropped_imports == 1 and imports[1].num_computed_tokens == 0
+    run_to_end(scheduler)
+    assert [r.num_output_tokens for r in (first, *imports)] == [4, 2, 2]
+    assert scheduler.kv_cache.num_free_blocks == 8
