@@ -194,8 +194,7 @@ class LLMEngine:
             except RequestRefused as exc:
                 raise InvalidRequestError(exc.refusal.message, exc.refusal.param) from exc
             if held is not None and held < prefilled.start:
-                self.kv_cache.free(request)
-                request.num_computed_tokens = 0
+                self.scheduler.drop_import(request)
             elif held is not None:
                 self.runner.write_kv(self.kv_cache.block_table(request.request_id), held,
                                      prefilled.kv[held - prefilled.start:])

@@ -81,6 +81,7 @@ class Scheduler:
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
         self.num_dropped_imports = 0  # waiting prefilled requests whose blocks went to the first in line
+        self.waiting_imports: dict[str, Request] = {}  # waiting prefilled requests that hold blocks, oldest first
         self.num_offline = 0  # offline requests waiting or running
         self.offline_kv_reserve = config.policy.offline_kv_reserve(kv_cache.num_blocks)
 
@@ -116,6 +117,7 @@ class Scheduler:
         held = self.kv_cache.import_request(request, num_prefilled)
         if held is not None:
             request.num_computed_tokens = num_prefilled
+            self.waiting_imports[request.request_id] = request
         return held
 
     def schedule(self) -> SchedulerOutput:
@@ -303,6 +305,8 @@ class Scheduler:
             if not self._drop_waiting_import(request):
                 return None
         self.waiting.pop_first()
+        if num_cached and self.waiting_imports:
+            self.waiting_imports.pop(request.request_id, None)
         request.num_computed_tokens = num_cached
         if request.num_output_tokens == 0:
             request.num_cached_prompt_tokens = num_cached
@@ -317,13 +321,18 @@ class Scheduler:
         """Free the blocks of the newest waiting request that holds imported KV (it computes its prompt when
         admitted): imports take their blocks on arrival, and without this, waiting imports could hold the
         blocks the first waiting request needs while nothing runs to free any. False if none holds blocks."""
-        for request in reversed(list(self.waiting)):
-            if request is not keep and request.num_computed_tokens:
-                self.kv_cache.free(request)
-                request.num_computed_tokens = 0
+        for request in reversed(self.waiting_imports.values()):
+            if request is not keep:
+                self.drop_import(request)
                 self.num_dropped_imports += 1
                 return True
         return False
+
+    def drop_import(self, request: Request) -> None:
+        """A waiting prefilled request gives up its blocks and imported tokens: it computes its prompt here."""
+        self.waiting_imports.pop(request.request_id, None)
+        self.kv_cache.free(request)
+        request.num_computed_tokens = 0
 
     def _cap_prefill(self, num_new: int) -> int:
         threshold = self.config.long_prefill_token_threshold
@@ -406,6 +415,8 @@ class Scheduler:
     def remove(self, request: Request) -> None:
         if (remove_identical(self.running, request) or self.waiting.remove(request)) and request.offline:
             self.num_offline -= 1
+        if self.waiting_imports:
+            self.waiting_imports.pop(request.request_id, None)
         self.kv_cache.free(request)
         self.requests.pop(request.request_id, None)
 
