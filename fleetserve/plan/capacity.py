@@ -28,6 +28,7 @@ from fleetserve.fleet.policies import LeastLoaded
 from fleetserve.perf.hardware import FleetEntry, Hardware
 from fleetserve.perf.model import PerfModel
 from fleetserve.sim.config import Disaggregation, ReplicaConfig, SimOptions
+from fleetserve.sim.goodput import bisect_rate
 from fleetserve.sim.simulate import simulate
 from fleetserve.workload.spec import RequestSpec, Workload
 from fleetserve.workload.synthetic import arrival_times
@@ -110,10 +111,5 @@ class BucketCapacity:
         high = low * 2 ** search.iterations
         if self.attainment_at(sample, unit_times, high) >= search.attainment:
             return high
-        for _ in range(search.iterations):
-            middle = (low + high) / 2
-            if self.attainment_at(sample, unit_times, middle) >= search.attainment:
-                low = middle
-            else:
-                high = middle
-        return low
+        return bisect_rate(lambda rate: self.attainment_at(sample, unit_times, rate) >= search.attainment, low, high,
+                           search.iterations)

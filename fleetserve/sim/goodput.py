@@ -120,14 +120,21 @@ def find_goodput(attainment_at: Callable[[float], float], devices: int, search: 
             high = rate
         if low == 0.0:
             return Goodput(0.0, devices, None, trials)
-    for _ in range(search.iterations):
+    low = bisect_rate(meets, low, high, search.iterations)
+    attained = next(attained for rate, attained in trials if rate == low)
+    return Goodput(low, devices, attained, trials)
+
+
+def bisect_rate(meets: Callable[[float], bool], low: float, high: float, iterations: int) -> float:
+    """The highest rate found to meet the target between `low` (which meets it) and `high` (which does not),
+    after `iterations` halvings of the bracket; the planner's capacity search ends with it too."""
+    for _ in range(iterations):
         middle = (low + high) / 2
         if meets(middle):
             low = middle
         else:
             high = middle
-    attained = next(attained for rate, attained in trials if rate == low)
-    return Goodput(low, devices, attained, trials)
+    return low
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet_helpers import FakeBackend, Replica, Router, free_port
+from fleet_helpers import FakeBackend, Router, two_replicas
 
 
 @pytest.fixture
@@ -38,12 +38,4 @@ def start_router(tmp_path):
 @pytest.fixture(scope="session")
 def replica_pair(tmp_path_factory):
     """Two real replicas of the default model, shared by the live and failover tests."""
-    folder = tmp_path_factory.mktemp("replicas")
-    replicas = [Replica(free_port(), folder / f"replica{i}.log") for i in range(2)]
-    try:
-        for replica in replicas:
-            replica.wait_ready()
-        yield replicas
-    finally:
-        for replica in replicas:
-            replica.stop()
+    yield from two_replicas(tmp_path_factory.mktemp("replicas"))

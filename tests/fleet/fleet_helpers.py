@@ -209,3 +209,15 @@ class FakeBackend:
         self.released.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def two_replicas(folder: Path):
+    """Start two real replicas of the default model, yield them, stop them (a fixture's body)."""
+    replicas = [Replica(free_port(), folder / f"replica{i}.log") for i in range(2)]
+    try:
+        for replica in replicas:
+            replica.wait_ready()
+        yield replicas
+    finally:
+        for replica in replicas:
+            replica.stop()

@@ -18,7 +18,7 @@ from fleetserve.commands.route import main as route_main
 from fleetserve.commands.serve_fleet import fleet_plan, fleet_router_config, replica_argv
 from fleetserve.fleet.disaggregation import DisaggregationRule
 
-from fleet_helpers import Replica, free_port, metric_sum, wait_until
+from fleet_helpers import free_port, metric_sum, two_replicas, wait_until
 
 PARAMS_FROM_PREFILL = {"do_remote_prefill": True, "do_remote_decode": False, "remote_engine_id": "engine-p",
                        "remote_request_id": "cmpl-p-1", "remote_host": "127.0.0.1", "remote_port": 1}
@@ -276,15 +276,7 @@ def test_a_fleet_without_roles_never_hands_off(start_router, fake_backend, fake_
 def prefill_and_decode(tmp_path_factory):
     """Two real replicas of their own: long prompts fill these small caches, which the shared pair's
     cache-sensitive tests must not inherit."""
-    folder = tmp_path_factory.mktemp("disaggregated")
-    replicas = [Replica(free_port(), folder / f"replica{i}.log") for i in range(2)]
-    try:
-        for replica in replicas:
-            replica.wait_ready()
-        yield replicas
-    finally:
-        for replica in replicas:
-            replica.stop()
+    yield from two_replicas(tmp_path_factory.mktemp("disaggregated"))
 
 
 def answer_text(response: httpx.Response) -> str:
