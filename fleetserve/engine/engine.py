@@ -194,7 +194,7 @@ class LLMEngine:
             except RequestRefused as exc:
                 raise InvalidRequestError(exc.refusal.message, exc.refusal.param) from exc
             if held is not None and held < prefilled.start:
-                self.scheduler.drop_import(request)
+                self.scheduler.imports.drop(request)
             elif held is not None:
                 self.runner.write_kv(self.kv_cache.block_table(request.request_id), held,
                                      prefilled.kv[held - prefilled.start:])

@@ -27,6 +27,8 @@ from fleetserve.engine.kv_cache import KVBlock, KVCacheManager
 from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 from fleetserve.engine.step_budget import StepCost, bounded_budget, check_max_step_ms
+from fleetserve.engine.verification import accept_verified
+from fleetserve.engine.waiting_imports import WaitingImports
 from fleetserve.engine.waiting_queue import WaitingQueue, remove_identical
 
 
@@ -80,8 +82,7 @@ class Scheduler:
         self.running: list[Request] = []  # online requests first, then offline ones; each part in admission order
         self.requests: dict[str, Request] = {}
         self.num_preemptions = 0
-        self.num_dropped_imports = 0  # waiting prefilled requests whose blocks went to the first in line
-        self.waiting_imports: dict[str, Request] = {}  # waiting prefilled requests that hold blocks, oldest first
+        self.imports = WaitingImports(kv_cache)
         self.num_offline = 0  # offline requests waiting or running
         self.offline_kv_reserve = config.policy.offline_kv_reserve(kv_cache.num_blocks)
 
@@ -114,11 +115,7 @@ class Scheduler:
         Returns the leading tokens the prefix cache already held; None when the blocks do not fit, and the
         request then waits as any other and computes its whole prompt here."""
         self.add_request(request)
-        held = self.kv_cache.import_request(request, num_prefilled)
-        if held is not None:
-            request.num_computed_tokens = num_prefilled
-            self.waiting_imports[request.request_id] = request
-        return held
+        return self.imports.add(request, num_prefilled)
 
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
@@ -302,11 +299,11 @@ class Scheduler:
         num_new = self._cap_prefill(min(request.num_tokens - num_cached, budget))
         allocate = self._allocate_offline if request.offline else self.kv_cache.allocate_slots
         while not allocate(request, num_new, computed_blocks):
-            if not self._drop_waiting_import(request):
+            if not self.imports.drop_newest(request):
                 return None
         self.waiting.pop_first()
-        if num_cached and self.waiting_imports:
-            self.waiting_imports.pop(request.request_id, None)
+        if num_cached and self.imports:
+            self.imports.discard(request)
         request.num_computed_tokens = num_cached
         if request.num_output_tokens == 0:
             request.num_cached_prompt_tokens = num_cached
@@ -316,23 +313,6 @@ class Scheduler:
         else:
             self.running.insert(position, request)
         return ScheduledRequest(request, num_new, num_cached)
-
-    def _drop_waiting_import(self, keep: Request) -> bool:
-        """Free the blocks of the newest waiting request that holds imported KV (it computes its prompt when
-        admitted): imports take their blocks on arrival, and without this, waiting imports could hold the
-        blocks the first waiting request needs while nothing runs to free any. False if none holds blocks."""
-        for request in reversed(self.waiting_imports.values()):
-            if request is not keep:
-                self.drop_import(request)
-                self.num_dropped_imports += 1
-                return True
-        return False
-
-    def drop_import(self, request: Request) -> None:
-        """A waiting prefilled request gives up its blocks and imported tokens: it computes its prompt here."""
-        self.waiting_imports.pop(request.request_id, None)
-        self.kv_cache.free(request)
-        request.num_computed_tokens = 0
 
     def _cap_prefill(self, num_new: int) -> int:
         threshold = self.config.long_prefill_token_threshold
@@ -362,7 +342,8 @@ class Scheduler:
                 continue
             token = sampled.get(request.request_id)
             if item.drafts:
-                if self._accept_verified(item, [] if token is None else token if isinstance(token, list) else [token]):
+                tokens = [] if token is None else token if isinstance(token, list) else [token]
+                if accept_verified(request, item.start, tokens, self.kv_cache, max_model_len):
                     self.remove(request)
                     finished.append(request)
                 continue
@@ -380,26 +361,6 @@ class Scheduler:
                 finished.append(request)
         return finished
 
-    def _accept_verified(self, item: ScheduledRequest, tokens: list[int]) -> bool:
-        """Apply a verification step: `tokens` are the accepted drafts and the token sampled after them. The
-        computed tokens roll back past the rejected drafts (their KV slots are rewritten when those positions
-        are computed again), and only verified tokens' blocks reach the prefix cache. Returns whether the
-        request stopped (at the first stopping token; the tokens after it are dropped)."""
-        request = item.request
-        request.spec_token_ids = []
-        appended = 0
-        stopped = False
-        for token in tokens:
-            request.output_token_ids.append(token)
-            appended += 1
-            if request.check_stop_after_token(self.config.max_model_len):
-                stopped = True
-                break
-        # The known token and each accepted draft now have their KV; the last appended token does not yet.
-        request.num_computed_tokens = item.start + appended
-        self.kv_cache.cache_blocks(request, request.num_computed_tokens)
-        return stopped
-
     def finish_requests(self, request_ids: Iterable[str], status: RequestStatus) -> list[Request]:
         """End requests from outside the step (abort, or a stop string found by the detokenizer)."""
         ended: list[Request] = []
@@ -415,8 +376,8 @@ class Scheduler:
     def remove(self, request: Request) -> None:
         if (remove_identical(self.running, request) or self.waiting.remove(request)) and request.offline:
             self.num_offline -= 1
-        if self.waiting_imports:
-            self.waiting_imports.pop(request.request_id, None)
+        if self.imports:
+            self.imports.discard(request)
         self.kv_cache.free(request)
         self.requests.pop(request.request_id, None)
 

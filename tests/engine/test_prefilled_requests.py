@@ -92,7 +92,7 @@ def test_waiting_imports_give_their_blocks_to_the_first_in_line_when_nothing_run
         assert scheduler.add_prefilled_request(request, 12) == 0
     out = scheduler.schedule()
     assert out.scheduled[0].request is first
-    assert scheduler.num_dropped_imports == 1 and imports[1].num_computed_tokens == 0
+    assert scheduler.imports.num_dropped == 1 and imports[1].num_computed_tokens == 0
     run_to_end(scheduler)
     assert [r.num_output_tokens for r in (first, *imports)] == [4, 2, 2]
     assert scheduler.kv_cache.num_free_blocks == 8
