@@ -22,7 +22,7 @@ from fleetserve.engine.request import Request, RequestStatus
 from fleetserve.engine.runner import ModelRunner
 from fleetserve.engine.sampler import SampleResult
 from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
-from fleetserve.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from fleetserve.engine.scheduler import Scheduler, SchedulerConfig
 from fleetserve.engine.speculation import Speculation
 from fleetserve.engine.thread_policy import ThreadPolicy
 from fleetserve.kernels import cpu as cpu_kernels
@@ -73,7 +73,6 @@ class RequestState:
     detokenizer: IncrementalDetokenizer
     metrics: RequestMetrics
     pending_logprobs: list[TokenLogprob]
-    export_kv: bool = False  # keep its prompt's KV for a decode replica when its prefill ends
 
 
 class LLMEngine:
@@ -116,6 +115,7 @@ class LLMEngine:
         self.eos_token_ids = frozenset(eos)
         self.states: dict[str, RequestState] = {}
         self.kv_exports = KVExports(config.kv_export_ttl_s, config.kv_export_max_bytes)
+        self._exporting: set[str] = set()  # requests whose prompt KV is kept for a decode replica once prefilled
         self.num_imported_tokens_total = 0
         self._ids = itertools.count()
         self.num_prompt_tokens_total = 0
@@ -224,7 +224,9 @@ class LLMEngine:
 
     def _track(self, request: Request, export_kv: bool) -> RequestState:
         detokenizer = IncrementalDetokenizer(self.tokenizer, request.sampling_params.stop)
-        state = RequestState(request, detokenizer, RequestMetrics(request.arrival_time), [], export_kv)
+        state = RequestState(request, detokenizer, RequestMetrics(request.arrival_time), [])
+        if export_kv:
+            self._exporting.add(request.request_id)
         self.states[request.request_id] = state
         return state
 
@@ -262,7 +264,8 @@ class LLMEngine:
                 metrics.first_scheduled_time = now
         self.thread_policy.before_step()
         results = self.runner.execute(out, self.kv_cache)
-        self._export_prefilled(out, results)
+        if self._exporting:
+            self._export_prefilled(results)
         sampled: dict[str, int | list[int]] = {}
         outputs_before: dict[str, int] = {}
         for item in out.scheduled:
@@ -304,18 +307,14 @@ class LLMEngine:
                 self.decode_row_cost.observe(shape, seconds)
         return outputs
 
-    def _export_prefilled(self, out: SchedulerOutput, results: dict[str, list[SampleResult]]) -> None:
+    def _export_prefilled(self, results: dict[str, list[SampleResult]]) -> None:
         """Keep the prompt KV of requests marked for export whose prefill ended in this step (read before
         any block of theirs can be freed and reused)."""
-        for item in out.scheduled:
-            request = item.request
-            if request.num_output_tokens or request.request_id not in results:
-                continue
-            state = self.states[request.request_id]
-            if state.export_kv:
-                kv = self.runner.read_kv(self.kv_cache.block_table(request.request_id), 0, request.num_prompt_tokens)
-                self.kv_exports.put(request.request_id, KVExport(request.prompt_token_ids,
-                                                                 results[request.request_id][0].token_id, kv))
+        for request_id in [r for r in self._exporting if r in results]:
+            self._exporting.discard(request_id)
+            request = self.states[request_id].request
+            kv = self.runner.read_kv(self.kv_cache.block_table(request_id), 0, request.num_prompt_tokens)
+            self.kv_exports.put(request_id, KVExport(request.prompt_token_ids, results[request_id][0].token_id, kv))
 
     def _take_tokens(self, state: RequestState, results: list[SampleResult], finished: bool) -> list[int]:
         """Feed this step's new tokens to the request's detokenizer; a stop string ends the request at the
@@ -356,6 +355,7 @@ class LLMEngine:
     def _finish(self, state: RequestState, now: float, new_ids: list[int]) -> RequestOutput:
         state.metrics.finished_time = now
         self.states.pop(state.request.request_id, None)
+        self._exporting.discard(state.request.request_id)
         self.runner.sampler.release(state.request.request_id)
         if self.speculation is not None:
             self.speculation.release(state.request.request_id, state.request.output_token_ids)
