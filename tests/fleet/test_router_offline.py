@@ -40,7 +40,9 @@ def test_offline_requests_wait_at_the_router_and_online_ones_pass_them(replica_p
         # Two replicas with room for one offline request each: the last ones waited, the online one did not.
         assert ended["chat"] < max(ended[f"batch{i}"] for i in range(6))
         samples = router.metrics()
-        assert metric_sum(samples, "fleetserve:router_offline_held_requests_total") >= 4
+        # Every request seen waiting is counted once it passed (how many waited depends on how fast the
+        # first ones finished, so the count is bounded by what was seen, not fixed).
+        assert held <= metric_sum(samples, "fleetserve:router_offline_held_requests_total") <= 4
         assert metric_sum(samples, "fleetserve:router_offline_held") == 0
         listing = router.replicas().values()
         assert all(r["offline_in_flight"] == 0 and r["in_flight"] == 0 for r in listing)
