@@ -15,6 +15,8 @@ from fleetserve.api.generation import (
     Job,
     collect,
     exported_params,
+    resume_of,
+    resumed_headers,
     sampling_params,
     service_class_of,
     start_stream,
@@ -62,37 +64,45 @@ async def create_chat_completion(state: ServerState, request: Request, body: Cha
     response_id = f"chatcmpl-{uuid.uuid4().hex}"
     service_class = service_class_of(request, body)
     handoff = handoff_of(body.kv_transfer_params, body.n, body.stream)
+    resume = resume_of(body, body.n)
     jobs = [Job(i, 0, prompt_ids, sampling_params(body, max_tokens, logprobs, i, service_class), f"{response_id}-{i}",
-                handoff if i == 0 else None) for i in range(body.n)]
+                handoff if i == 0 else None, resume) for i in range(body.n)]
+    token_ids = body.return_token_ids
     if body.stream:
         first, stream = await start_stream(request, state, jobs)
         header = {"id": response_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+        opening = {"prompt_token_ids": prompt_ids} if token_ids and resume is None else None
         return EventStreamResponse(completion_events(state, jobs, first, stream, body.stream_options, header,
-                                                     _render_chat_choice(state, logprobs is not None)))
+                                                     _render_chat_choice(state, logprobs is not None, token_ids),
+                                                     opening), resumed_headers(jobs))
     choices = await collect(request, state, jobs)
     response = ChatCompletionResponse(
         id=response_id, model=model,
         choices=[ChatChoice(index=c.job.choice, message=AssistantMessage(content=c.text),
                             logprobs=chat_logprobs(c.logprobs, state.token_text) if logprobs is not None else None,
-                            finish_reason=c.finish_reason, stop_reason=c.stop_reason) for c in choices],
-        usage=usage_of(choices), kv_transfer_params=exported_params(request, handoff, choices))
-    return JSONResponse(response.model_dump())
+                            finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                            token_ids=c.token_ids if token_ids else None) for c in choices],
+        usage=usage_of(choices), prompt_token_ids=prompt_ids if token_ids else None,
+        kv_transfer_params=exported_params(request, handoff, choices))
+    return JSONResponse(response.model_dump(), headers=resumed_headers(jobs))
 
 
-def _render_chat_choice(state: ServerState, wants_logprobs: bool) -> RenderChoice:
+def _render_chat_choice(state: ServerState, wants_logprobs: bool, token_ids: bool) -> RenderChoice:
     def render(choice: ChoiceState, out: RequestOutput, is_first: bool) -> list[dict]:
         index = choice.job.choice
         entries = []
         if is_first:  # OpenAI opens every choice with the role and empty content
             entries.append({"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                             "finish_reason": None})
-        if out.new_text or out.new_logprobs or out.finished:
+        if out.new_text or out.new_logprobs or out.finished or (token_ids and out.new_token_ids):
             entry = {"index": index, "delta": {"content": out.new_text} if out.new_text else {},
                      "logprobs": (chat_logprobs(out.new_logprobs, state.token_text).model_dump()
                                   if wants_logprobs else None),
                      "finish_reason": out.finish_reason if out.finished else None}
             if out.finished:
                 entry["stop_reason"] = out.stop_reason
+            if token_ids:
+                entry["token_ids"] = out.new_token_ids
             entries.append(entry)
         return entries
     return render

@@ -14,6 +14,8 @@ from fleetserve.api.generation import (
     Job,
     collect,
     exported_params,
+    resume_of,
+    resumed_headers,
     sampling_params,
     service_class_of,
     start_stream,
@@ -76,45 +78,63 @@ async def create_completion(state: ServerState, request: Request, body: Completi
     jobs = []
     service_class = service_class_of(request, body)
     handoff = handoff_of(body.kv_transfer_params, len(prompts) * body.n, body.stream)
+    resume = resume_of(body, len(prompts) * body.n)
     for p, (ids, _) in enumerate(prompts):
         for i in range(body.n):
             choice = p * body.n + i
             jobs.append(Job(choice, p, ids, sampling_params(body, body.max_tokens, body.logprobs, i, service_class),
-                            f"{response_id}-{choice}", handoff if choice == 0 else None))
-    echoes = [echo for _, echo in prompts]
+                            f"{response_id}-{choice}", handoff if choice == 0 else None, resume))
+    # A resumed generation's echo went out where it began.
+    echoes = ["" if resume is not None else echo for _, echo in prompts]
+    token_ids = body.return_token_ids
     if body.stream:
         first, stream = await start_stream(request, state, jobs)
         header = {"id": response_id, "object": "text_completion", "created": int(time.time()), "model": model}
+        render = _render_completion_choice(state, body.logprobs is not None, echoes, token_ids)
         return EventStreamResponse(completion_events(state, jobs, first, stream, body.stream_options, header,
-                                                     _render_completion_choice(state, body.logprobs is not None,
-                                                                               echoes)))
+                                                     render), resumed_headers(jobs))
     choices = await collect(request, state, jobs)
     response = CompletionResponse(
         id=response_id, model=model,
         choices=[CompletionChoice(
             index=c.job.choice, text=echoes[c.job.prompt_index] + c.text,
-            logprobs=completion_logprobs(c.logprobs, state.token_text, 0) if body.logprobs is not None else None,
-            finish_reason=c.finish_reason, stop_reason=c.stop_reason) for c in choices],
+            logprobs=(completion_logprobs(c.logprobs, state.token_text, _resumed_text_length(state, c.job))
+                      if body.logprobs is not None else None),
+            finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+            prompt_token_ids=c.job.prompt_ids if token_ids else None,
+            token_ids=c.token_ids if token_ids else None) for c in choices],
         usage=usage_of(choices), kv_transfer_params=exported_params(request, handoff, choices))
-    return JSONResponse(response.model_dump())
+    return JSONResponse(response.model_dump(), headers=resumed_headers(jobs))
 
 
-def _render_completion_choice(state: ServerState, wants_logprobs: bool, echoes: list[str]) -> RenderChoice:
+def _resumed_text_length(state: ServerState, job: Job) -> int:
+    """Where a resumed generation's logprobs text offsets go on from: the length of its resumed tokens' text."""
+    return sum(len(state.token_text.text_of(t)) for t in job.resume_token_ids or ())
+
+
+def _render_completion_choice(state: ServerState, wants_logprobs: bool, echoes: list[str],
+                              token_ids: bool) -> RenderChoice:
     text_offsets: dict[int, int] = {}
 
     def render(choice: ChoiceState, out: RequestOutput, is_first: bool) -> list[dict]:
         index = choice.job.choice
         text = echoes[choice.job.prompt_index] + out.new_text if is_first else out.new_text
-        if not (text or out.new_logprobs or out.finished):
+        if not (text or out.new_logprobs or out.finished or (token_ids and out.new_token_ids)):
             return []
         logprobs = None
         if wants_logprobs:
-            entries = completion_logprobs(out.new_logprobs, state.token_text, text_offsets.get(index, 0))
-            text_offsets[index] = text_offsets.get(index, 0) + sum(len(t) for t in entries.tokens)
+            if index not in text_offsets:
+                text_offsets[index] = _resumed_text_length(state, choice.job)
+            entries = completion_logprobs(out.new_logprobs, state.token_text, text_offsets[index])
+            text_offsets[index] += sum(len(t) for t in entries.tokens)
             logprobs = entries.model_dump()
         entry = {"index": index, "text": text, "logprobs": logprobs,
                  "finish_reason": out.finish_reason if out.finished else None}
         if out.finished:
             entry["stop_reason"] = out.stop_reason
+        if token_ids:
+            if is_first:
+                entry["prompt_token_ids"] = choice.job.prompt_ids
+            entry["token_ids"] = out.new_token_ids
         return [entry]
     return render

@@ -19,6 +19,7 @@ from fleetserve.engine.outputs import RequestOutput, TokenLogprob
 from fleetserve.engine.sampling_params import ONLINE, InvalidRequestError, SamplingParams
 from fleetserve.wire.errors import APIError, bad_request, queue_full, unavailable
 from fleetserve.wire.service_class import service_class_of as wire_service_class
+from fleetserve.wire.stream_resume import RESUME_TOKEN_IDS, RESUMED_HEADER
 
 if TYPE_CHECKING:
     from fleetserve.api.state import ServerState
@@ -40,14 +41,17 @@ class Job:
     params: SamplingParams
     request_id: str
     handoff: Handoff | None = None  # its part in a disaggregated prefill (fleetserve.api.kv_transfer)
+    resume_token_ids: list[int] | None = None  # the output so far of a generation it continues
 
 
 @dataclass
 class ChoiceState:
-    """What a choice has produced so far; built from deltas only (an output's token_ids keeps growing)."""
+    """What a choice has produced so far; built from deltas only (an output's token_ids keeps growing). A
+    resumed choice has begun already: its resumed tokens count, and its opening was sent where it began."""
     job: Job
     text: str = ""
     num_tokens: int = 0
+    token_ids: list[int] = field(default_factory=list)  # those this answer adds
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     stop_reason: int | str | None = None
@@ -55,11 +59,17 @@ class ChoiceState:
     started: bool = False
     first_token_id: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.job.resume_token_ids is not None:
+            self.num_tokens = len(self.job.resume_token_ids)
+            self.started = True
+
     def add(self, out: RequestOutput) -> None:
         if self.first_token_id is None and out.new_token_ids:
             self.first_token_id = out.new_token_ids[0]
         self.text += out.new_text
         self.num_tokens += len(out.new_token_ids)
+        self.token_ids.extend(out.new_token_ids)
         self.logprobs.extend(out.new_logprobs)
         self.num_cached_tokens = out.num_cached_tokens
         if out.finished:
@@ -128,7 +138,8 @@ async def merge_streams(state: ServerState, jobs: list[Job]) -> AsyncIterator[tu
                 wants_logprobs = job.params.logprobs is not None
                 prefilled = await fetch_prefilled(state, handoff.remote, job.prompt_ids, wants_logprobs)
             async for out in aengine.generate(job.prompt_ids, job.params, job.request_id,
-                                              export_kv=handoff is not None and handoff.export, prefilled=prefilled):
+                                              export_kv=handoff is not None and handoff.export, prefilled=prefilled,
+                                              resume_token_ids=job.resume_token_ids):
                 merged.put_nowait((job, out))
         except asyncio.CancelledError:
             raise
@@ -216,6 +227,25 @@ async def collect(request: Request, state: ServerState, jobs: list[Job]) -> list
         if choice.finish_reason == "abort":
             raise aborted_error(choice, aengine)
     return choices
+
+
+def resume_of(body: Any, num_choices: int) -> list[int] | None:
+    """The body's resume_token_ids, refused unless the answer has one choice to continue."""
+    if body.resume_token_ids is None:
+        return None
+    if num_choices != 1:
+        raise bad_request(f"resume_token_ids continues one generation, so it needs n=1 and one prompt; this "
+                          f"request has {num_choices} choices", RESUME_TOKEN_IDS)
+    if body.kv_transfer_params is not None:
+        raise bad_request("resume_token_ids cannot be combined with kv_transfer_params: a resumed generation "
+                          "computes its prompt and output here; drop one of them", RESUME_TOKEN_IDS)
+    return body.resume_token_ids
+
+
+def resumed_headers(jobs: list[Job]) -> dict[str, str]:
+    """The header that says an answer continued a generation (fleetserve.wire.stream_resume)."""
+    resumed = jobs[0].resume_token_ids if len(jobs) == 1 else None
+    return {} if resumed is None else {RESUMED_HEADER: str(len(resumed))}
 
 
 def service_class_of(request: Request, body: Any) -> str:

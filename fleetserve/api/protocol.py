@@ -52,6 +52,14 @@ class SamplingFields(OpenAIRequest):
     kv_transfer_params: dict[str, Any] | None = Field(
         None, description="vLLM's disaggregated-prefill hand-off (fleetserve.wire.kv_transfer): "
         "{'do_remote_decode': true} on a prefill request; a prefill response's params on the decode request")
+    return_token_ids: bool = Field(False, description="vLLM extension: each choice carries `token_ids`, the "
+                                   "output token ids it adds (in a stream: those of each chunk), and the prompt's "
+                                   "`prompt_token_ids` come once")
+    resume_token_ids: list[int] | None = Field(
+        None, description="fleetserve extension: continue a generation begun elsewhere (request migration). The "
+        "ids are its output so far: they count as output (max_tokens, min_tokens, stops, usage), their text is not "
+        "sent again, and a stream continues without its opening (no role chunk, echo or prompt_token_ids). "
+        "Needs n=1 and one prompt")
 
 
 class TextContentPart(OpenAIRequest):
@@ -129,6 +137,7 @@ class ChatChoice(BaseModel):
     logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = Field(None, description="vLLM extension: the stop string or token id hit")
+    token_ids: list[int] | None = None  # with return_token_ids
 
 
 class ChatCompletionResponse(BaseModel):
@@ -138,6 +147,7 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    prompt_token_ids: list[int] | None = None  # with return_token_ids
     kv_transfer_params: dict[str, Any] | None = None  # a prefill response's hand-off to the decode replica
 
 
@@ -176,6 +186,8 @@ class CompletionChoice(BaseModel):
     logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    prompt_token_ids: list[int] | None = None  # with return_token_ids
+    token_ids: list[int] | None = None
 
 
 class CompletionResponse(BaseModel):

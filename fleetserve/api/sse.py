@@ -33,15 +33,20 @@ def sse_event(payload: Any) -> str:
 
 async def completion_events(state: ServerState, jobs: list[Job], first: tuple[Job, RequestOutput],
                             stream: AsyncIterator[tuple[Job, RequestOutput]], options: StreamOptions | None,
-                            header: dict, render: RenderChoice) -> AsyncIterator[str]:
-    """Chunks `{**header, "choices": [entry]}`; with include_usage every chunk carries "usage" (null but
-    the last, which has no choices), or real usage in each with continuous_usage_stats (vLLM)."""
+                            header: dict, render: RenderChoice, opening: dict | None = None) -> AsyncIterator[str]:
+    """Chunks `{**header, "choices": [entry]}`, the first of them with `opening`'s fields too; with
+    include_usage every chunk carries "usage" (null but the last, which has no choices), or real usage in each
+    with continuous_usage_stats (vLLM)."""
     choices = [ChoiceState(job) for job in jobs]
     include_usage = bool(options and options.include_usage)
     continuous_usage = include_usage and bool(options and options.continuous_usage_stats)
 
     def chunk(entry: dict | None) -> str:
+        nonlocal opening
         payload = {**header, "choices": [entry] if entry is not None else []}
+        if opening:
+            payload.update(opening)
+            opening = None
         if include_usage:
             payload["usage"] = usage_of(choices).model_dump() if continuous_usage or entry is None else None
         return sse_event(payload)
@@ -75,8 +80,8 @@ async def completion_events(state: ServerState, jobs: list[Job], first: tuple[Jo
 
 
 class EventStreamResponse(StreamingResponse):
-    def __init__(self, events: AsyncIterator[str]) -> None:
-        super().__init__(events, media_type="text/event-stream", headers=HEADERS)
+    def __init__(self, events: AsyncIterator[str], headers: dict[str, str] | None = None) -> None:
+        super().__init__(events, media_type="text/event-stream", headers={**HEADERS, **(headers or {})})
         self.events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

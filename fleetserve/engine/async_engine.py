@@ -96,9 +96,11 @@ class AsyncLLMEngine:
         return len(self.streams)
 
     async def generate(self, prompt: str | list[int], params: SamplingParams, request_id: str | None = None,
-                       export_kv: bool = False, prefilled: PrefilledKV | None = None) -> AsyncIterator[RequestOutput]:
+                       export_kv: bool = False, prefilled: PrefilledKV | None = None,
+                       resume_token_ids: list[int] | None = None) -> AsyncIterator[RequestOutput]:
         """The request's outputs as they come. `export_kv`: keep its prompt's KV for a decode replica;
-        `prefilled`: its prompt's KV and first token, computed by a prefill replica (see LLMEngine)."""
+        `prefilled`: its prompt's KV and first token, computed by a prefill replica; `resume_token_ids`: the
+        output a generation begun elsewhere has so far, to continue from (see LLMEngine.add_request)."""
         if self.error is not None:
             raise EngineDeadError(f"the engine loop stopped: {self.error!r}")
         if not self.accepting:
@@ -113,7 +115,8 @@ class AsyncLLMEngine:
             self.pending += 1
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
         self.streams[request_id] = stream
-        self.commands.put(("add", request_id, prompt_ids, params, time.monotonic(), export_kv, prefilled))
+        self.commands.put(("add", request_id, prompt_ids, params, time.monotonic(), export_kv, prefilled,
+                           resume_token_ids))
         self.wakeup.set()
         finished = False
         try:
@@ -162,11 +165,12 @@ class AsyncLLMEngine:
             except queue.Empty:
                 return
             if command[0] == "add":
-                _, request_id, prompt_ids, params, arrival, export_kv, prefilled = command
+                _, request_id, prompt_ids, params, arrival, export_kv, prefilled, resume_token_ids = command
                 if request_id in self.streams:  # else the client left before its request reached the engine
                     try:
                         if prefilled is None:
-                            self.engine.add_request(prompt_ids, params, request_id, arrival, export_kv)
+                            self.engine.add_request(prompt_ids, params, request_id, arrival, export_kv,
+                                                    resume_token_ids)
                         else:
                             self._emit(self.engine.add_prefilled_request(prompt_ids, params, request_id, arrival,
                                                                          prefilled))

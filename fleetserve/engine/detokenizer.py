@@ -39,6 +39,15 @@ class IncrementalDetokenizer:
         if self.stop:
             self._check_stop(previous_len)
 
+    def resume(self, token_ids: list[int]) -> None:
+        """Take `token_ids` as output already generated and released elsewhere (a resumed request): decode
+        them as they were decoded there, and mark released what was released there. Text is released as far
+        as `take_delta` allows after every token, and that bound only grows, so it depends on the tokens alone,
+        not on how they were grouped into steps."""
+        for token_id in token_ids:
+            self.add_token(token_id)
+        self.take_delta(finished=False)
+
     def _check_stop(self, previous_len: int) -> None:
         search_from = max(0, previous_len - self.holdback)
         cut = None

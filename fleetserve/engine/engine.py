@@ -168,15 +168,28 @@ class LLMEngine:
             raise InvalidRequestError(refusal.message, refusal.param)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None,
-                    request_id: str | None = None, arrival_time: float | None = None, export_kv: bool = False) -> str:
+                    request_id: str | None = None, arrival_time: float | None = None, export_kv: bool = False,
+                    resume_token_ids: list[int] | None = None) -> str:
         """Queue a request; with `export_kv`, its prompt's KV and first token are kept in `kv_exports` for a
-        decode replica when its prefill ends (disaggregated prefill)."""
+        decode replica when its prefill ends (disaggregated prefill). With `resume_token_ids` it continues a
+        generation begun elsewhere: they are its output so far (Request.resume_output), computed with the
+        prompt as a preempted request's are, and their text is not released again."""
         request = self._new_request(prompt, params, request_id, arrival_time)
+        detokenizer = IncrementalDetokenizer(self.tokenizer, request.sampling_params.stop)
+        if resume_token_ids:
+            request.resume_output(resume_token_ids, self.model_config.vocab_size, self.max_model_len)
+            detokenizer.resume(resume_token_ids)
+            if detokenizer.stopped_on is not None:
+                raise InvalidRequestError(f"resume_token_ids already contain the stop string "
+                                          f"{detokenizer.stopped_on!r}; there is nothing left to resume",
+                                          "resume_token_ids")
         try:
             self.scheduler.add_request(request)
         except RequestRefused as exc:
             raise InvalidRequestError(exc.refusal.message, exc.refusal.param) from exc
-        self._track(request, export_kv)
+        if resume_token_ids:
+            self.num_prompt_tokens_total += request.num_prompt_tokens  # no step of it starts from no output
+        self._track(request, export_kv, detokenizer)
         return request.request_id
 
     def add_prefilled_request(self, prompt: str | list[int], params: SamplingParams | None, request_id: str | None,
@@ -222,8 +235,9 @@ class LLMEngine:
         return Request(request_id, prompt_token_ids, params, self.eos_token_ids,
                        arrival_time if arrival_time is not None else time.monotonic())
 
-    def _track(self, request: Request, export_kv: bool) -> RequestState:
-        detokenizer = IncrementalDetokenizer(self.tokenizer, request.sampling_params.stop)
+    def _track(self, request: Request, export_kv: bool,
+               detokenizer: IncrementalDetokenizer | None = None) -> RequestState:
+        detokenizer = detokenizer or IncrementalDetokenizer(self.tokenizer, request.sampling_params.stop)
         state = RequestState(request, detokenizer, RequestMetrics(request.arrival_time), [])
         if export_kv:
             self._exporting.add(request.request_id)
@@ -356,7 +370,6 @@ class LLMEngine:
         state.metrics.finished_time = now
         self.states.pop(state.request.request_id, None)
         self._exporting.discard(state.request.request_id)
-        self.runner.sampler.release(state.request.request_id)
         if self.speculation is not None:
             self.speculation.release(state.request.request_id, state.request.output_token_ids)
         return self._delta(state, new_ids, finished=True)

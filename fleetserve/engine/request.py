@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from fleetserve.engine.sampling_params import SamplingParams
+from fleetserve.engine.sampling_params import InvalidRequestError, SamplingParams
 
 
 class RequestStatus(enum.Enum):
@@ -103,6 +103,23 @@ class Request:
         by_output = limit - num_output_tokens
         by_context = max_model_len - len(self.prompt_token_ids) - num_output_tokens
         return by_output if by_output < by_context else by_context
+
+    def resume_output(self, token_ids: list[int], vocab_size: int, max_model_len: int) -> None:
+        """Take `token_ids` as the output generated so far: a generation begun elsewhere continues here, its
+        tokens recomputed with the prompt as after a preemption. Refuses (InvalidRequestError) ids outside the
+        vocabulary, and a token after which the request had already stopped (end of sequence, a stop token,
+        max_tokens or the context length): nothing after it can be resumed."""
+        for index, token_id in enumerate(token_ids):
+            if not isinstance(token_id, int) or not 0 <= token_id < vocab_size:
+                raise InvalidRequestError(f"resume_token_ids[{index}] = {token_id!r} is outside the vocabulary "
+                                          f"[0, {vocab_size})", "resume_token_ids")
+            self.output_token_ids.append(token_id)
+            if self.check_stop_after_token(max_model_len):
+                why = ("max_tokens or the context length" if self.status is RequestStatus.FINISHED_LENGTH
+                       else "the end-of-sequence token" if self.stop_reason is None
+                       else f"the stop token {self.stop_reason}")
+                raise InvalidRequestError(f"the generation already ended at resume_token_ids[{index}] ({why}); "
+                                          f"there is nothing left to resume", "resume_token_ids")
 
     def check_stop_after_token(self, max_model_len: int) -> bool:
         """Apply the stop rules to the newest output token: end of sequence and stop tokens (from min_tokens on),

@@ -114,7 +114,7 @@ class ModelRunner:
                 request = item.request
                 results[request.request_id] = verify_drafts(
                     self.sampler, logits[row:row + item.num_tokens], request.spec_token_ids[:item.drafts],
-                    request.request_id, request.sampling_params)
+                    request.sampling_params, request.num_output_tokens)
                 row += item.num_tokens
             else:
                 plain_rows.append(row)
@@ -122,7 +122,8 @@ class ModelRunner:
                 row += 1
         if plain_items:
             ids = [s.request.request_id for s in plain_items]
-            sampled = self.sampler.sample(logits[plain_rows] if len(plain_rows) < row else logits, ids,
-                                          [s.request.sampling_params for s in plain_items])
+            sampled = self.sampler.sample(logits[plain_rows] if len(plain_rows) < row else logits,
+                                          [s.request.sampling_params for s in plain_items],
+                                          [s.request.num_output_tokens for s in plain_items])
             results.update((request_id, [result]) for request_id, result in zip(ids, sampled))
         return results

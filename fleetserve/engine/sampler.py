@@ -1,6 +1,9 @@
 """Turns logits into tokens: greedy, temperature, top-k, top-p, per-request seeds, and logprobs.
 
-Each seeded request draws from its own generator, so its tokens do not depend on what it is batched with.
+A seeded request's draw for its output token at position p comes from a generator seeded with (seed, p)
+alone, so its tokens depend neither on what it is batched with nor on where its earlier tokens were
+sampled: a request resumed on another replica with the tokens it had (fleetserve.fleet.stream_migration)
+draws exactly what it would have drawn where it started.
 """
 from __future__ import annotations
 
@@ -18,25 +21,32 @@ class SampleResult:
     top_logprobs: list[tuple[int, float]] = field(default_factory=list)
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def position_seed(seed: int, position: int) -> int:
+    """A 64-bit seed for the draw at output `position` of a request seeded with `seed` (SplitMix64's mixing
+    of the pair, so nearby seeds and positions give unrelated streams)."""
+    x = (seed * 0x9E3779B97F4A7C15 + position) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
 class Sampler:
     def __init__(self, seed: int = 0) -> None:
         self.default_generator = torch.Generator().manual_seed(seed)
-        self.generators: dict[str, torch.Generator] = {}
+        self._seeded = torch.Generator()
 
-    def release(self, request_id: str) -> None:
-        self.generators.pop(request_id, None)
-
-    def generator(self, request_id: str, params: SamplingParams) -> torch.Generator:
-        generator = self.generators.get(request_id)
-        if generator is None:
-            if params.seed is None:
-                return self.default_generator
-            generator = torch.Generator().manual_seed(params.seed)
-            self.generators[request_id] = generator
-        return generator
+    def generator(self, params: SamplingParams, position: int) -> torch.Generator:
+        """The generator for the draw of output token `position`: the shared one for an unseeded request."""
+        if params.seed is None:
+            return self.default_generator
+        return self._seeded.manual_seed(position_seed(params.seed, position))
 
     @torch.inference_mode()
-    def sample(self, logits: torch.Tensor, request_ids: list[str], params: list[SamplingParams]) -> list[SampleResult]:
+    def sample(self, logits: torch.Tensor, params: list[SamplingParams], positions: list[int]) -> list[SampleResult]:
+        """One token per row; `positions[i]`: the output position row i samples (its request's output length)."""
         logits = logits.float().cpu()
         tokens = logits.argmax(dim=-1)
         random_rows = [i for i, p in enumerate(params) if not p.greedy]
@@ -45,8 +55,7 @@ class Sampler:
             scaled = logits[rows] / torch.tensor([params[i].temperature for i in random_rows]).unsqueeze(1)
             probs = torch.softmax(self.apply_top_k_top_p(scaled, [params[i] for i in random_rows]), dim=-1)
             for j, i in enumerate(random_rows):
-                generator = self.generator(request_ids[i], params[i])
-                tokens[i] = torch.multinomial(probs[j], 1, generator=generator)[0]
+                tokens[i] = torch.multinomial(probs[j], 1, generator=self.generator(params[i], positions[i]))[0]
         token_list = tokens.tolist()
         results = [SampleResult(t) for t in token_list]
         wants = [i for i, p in enumerate(params) if p.logprobs is not None]

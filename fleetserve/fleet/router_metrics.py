@@ -1,5 +1,5 @@
 """The router's Prometheus metrics: per-replica load and health (read at scrape time), routing decisions
-per policy, estimated prefix hits, retries, ejections, mid-stream failures, remote prefills (and their
+per policy, estimated prefix hits, retries, ejections, mid-stream failures and migrations, remote prefills (and their
 fallbacks and hand-off times) and requests by status."""
 from __future__ import annotations
 
@@ -66,12 +66,16 @@ class RouterMetrics:
         self.prefix_hit_tokens = counter("estimated_prefix_hit_tokens",
                                          "Prompt tokens the prefix index expected cached on the chosen replica",
                                          ["replica"])
-        self.retries = counter("retries", "Requests retried on another replica before their first byte, by the "
-                                          "replica that failed and why", ["replica", "reason"])
+        self.retries = counter("retries", "Requests retried on another replica before their first byte, or "
+                                          "(reason mid_stream) continued there after it, by the replica that failed "
+                                          "and why", ["replica", "reason"])
         self.ejections = counter("ejections", "Times a replica was ejected for failing", ["replica"])
         self.readmissions = counter("readmissions", "Times an ejected (or new) replica was admitted", ["replica"])
         self.stream_failures = counter("stream_failures", "Streams that broke after their first byte reached the "
                                                           "client (ended with an error event)", ["replica"])
+        self.stream_migrations = counter("stream_migrations", "Streams whose replica failed mid-way and that could "
+                                         "be continued elsewhere, by outcome: resumed (on another replica) or "
+                                         "failed (no replica took it: ended with an error event)", ["outcome"])
         self.remote_prefills = counter("remote_prefills", "Prompts prefilled on a prefill replica whose KV hand-off "
                                        "went to the decode replica, by prefill replica", ["replica"])
         self.prefill_fallbacks = counter("prefill_fallbacks", "Remote prefills that failed, so the decode replica "

@@ -22,9 +22,9 @@ def test_greedy_keeps_drafts_while_they_are_the_argmax_then_takes_the_argmax():
     best = logits.argmax(dim=-1).tolist()
     params = SamplingParams(temperature=0)
     wrong = (best[1] + 1) % VOCAB
-    tokens = [r.token_id for r in verify_drafts(Sampler(), logits, [best[0], wrong, best[2]], "r", params)]
+    tokens = [r.token_id for r in verify_drafts(Sampler(), logits, [best[0], wrong, best[2]], params, 0)]
     assert tokens == [best[0], best[1]]
-    tokens = [r.token_id for r in verify_drafts(Sampler(), logits, best[:3], "r", params)]
+    tokens = [r.token_id for r in verify_drafts(Sampler(), logits, best[:3], params, 0)]
     assert tokens == best  # all three accepted, then the last row's argmax
 
 
@@ -34,7 +34,7 @@ def draw_counts(logits: torch.Tensor, drafts: list[int], params: SamplingParams,
     first = torch.zeros(VOCAB)
     second = torch.zeros(VOCAB)
     for _ in range(draws):
-        tokens = [r.token_id for r in verify_drafts(sampler, logits, drafts, "r", params)]
+        tokens = [r.token_id for r in verify_drafts(sampler, logits, drafts, params, 0)]
         first[tokens[0]] += 1
         if tokens[0] == drafts[0]:
             second[tokens[1]] += 1
@@ -70,7 +70,7 @@ def test_a_seeded_request_reproduces_its_verifications():
     runs = []
     for _ in range(2):
         sampler = Sampler(seed=0)
-        runs.append([[r.token_id for r in verify_drafts(sampler, logits, [1, 2, 3], "r", params)]
+        runs.append([[r.token_id for r in verify_drafts(sampler, logits, [1, 2, 3], params, 0)]
                      for _ in range(20)])
     assert runs[0] == runs[1]
 
@@ -78,7 +78,7 @@ def test_a_seeded_request_reproduces_its_verifications():
 def test_logprobs_are_those_of_each_emitted_position():
     logits = logits_rows(3, seed=9)
     best = logits.argmax(dim=-1).tolist()
-    results = verify_drafts(Sampler(), logits, best[:2], "r", SamplingParams(temperature=0, logprobs=2))
+    results = verify_drafts(Sampler(), logits, best[:2], SamplingParams(temperature=0, logprobs=2), 0)
     expected = torch.log_softmax(logits, dim=-1)
     for row, result in enumerate(results):
         assert result.logprob == pytest.approx(float(expected[row, best[row]]), abs=1e-6)

@@ -1,4 +1,5 @@
-"""Failover on a live fleet: kill one of two real replicas during a replay, then restart it."""
+"""Failover on a live fleet: kill one of two real replicas during a replay (no request is lost), then restart
+it."""
 from __future__ import annotations
 
 import asyncio
@@ -39,7 +40,7 @@ async def _ejected(client: httpx.AsyncClient, router: Router, replica_id: str) -
     return not next(r for r in listing if r["id"] == replica_id)["healthy"]
 
 
-def test_a_killed_replica_loses_no_unstarted_request_is_ejected_and_readmitted(replica_pair, tmp_path):
+def test_a_killed_replica_loses_no_request_is_ejected_and_readmitted(replica_pair, tmp_path):
     router = Router([r.url for r in replica_pair], tmp_path / "router.log", ["--policy", "round_robin"])
     try:
         router.wait_up()
@@ -50,19 +51,17 @@ def test_a_killed_replica_loses_no_unstarted_request_is_ejected_and_readmitted(r
         records, ejected_after = asyncio.run(replay_and_kill(router, victim, victim_id))
 
         assert len(records) == 16
-        failed = [r for r in records if not r.success]
-        # Only streams that had already begun may fail, and they fail with an error event, not silently.
-        for record in failed:
-            assert record.error_kind == "stream_error" and record.token_times_s, record
-            assert "failed mid-stream" in record.error
-        assert len(records) - len(failed) >= 8
+        # Not one is lost: those not started go elsewhere, those streaming go on from the other replica
+        # (fleetserve.fleet.stream_migration).
+        assert [r.error for r in records if not r.success] == []
         assert ejected_after <= EJECTION_LIMIT_S, f"ejected after {ejected_after:.2f}s"
         metrics = router.metrics()
         retried = metric_sum(metrics, "fleetserve:router_retries_total")
-        print(f"failover: {len(failed)} streams broke mid-way, {retried:.0f} attempts retried, ejected "
-              f"{ejected_after:.2f}s after the kill")
+        migrated = metric_sum(metrics, "fleetserve:router_stream_migrations_total")
+        print(f"failover: {migrated:.0f} streams went on from the other replica, {retried:.0f} attempts retried, "
+              f"ejected {ejected_after:.2f}s after the kill")
         assert metric_sum(metrics, "fleetserve:router_ejections_total") >= 1
-        assert metric_sum(metrics, "fleetserve:router_stream_failures_total") == len(failed)
+        assert metric_sum(metrics, "fleetserve:router_stream_failures_total") == 0
 
         # The router keeps serving on the survivor.
         for _ in range(2):
