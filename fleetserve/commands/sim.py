@@ -22,6 +22,12 @@ from fleetserve.commands.service_class_arguments import (
     given_service_class_flags,
     service_class_config,
 )
+from fleetserve.commands.sim_autoscaling import (
+    add_autoscaling_arguments,
+    autoscaling_config,
+    autoscaling_of,
+    print_autoscaling,
+)
 from fleetserve.commands.sim_goodput import add_goodput_arguments, check_goodput_arguments, run_goodput
 from fleetserve.fleet.disaggregation import MODES, DisaggregationRule
 from fleetserve.perf.kv_link import KV_DTYPE_BYTES, LINK_KINDS
@@ -75,6 +81,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
     add_replica_arguments(p)
     add_disaggregation_arguments(p.add_argument_group("prefill/decode disaggregation (fleets with replica roles)"))
     add_goodput_arguments(p.add_argument_group("goodput search (DistServe)"))
+    add_autoscaling_arguments(p.add_argument_group("autoscaling (the live fleet's autoscaler, on the simulated clock)"))
     p.add_argument("--no-skip", action="store_true", help="simulate every decode step (slower, same results)")
     p.add_argument("--prefix-view", choices=PREFIX_VIEWS, default=SimOptions.prefix_view,
                    help="how the router learns which replica caches a prefix: 'events' (the live router's index, "
@@ -158,6 +165,9 @@ def run(args: argparse.Namespace) -> int:
     model_config, model_name = load_model_config(args.model, args.model_config, profiles)
     perf = perf_models(fleet, perf_specs, model_config, profiles)
     disaggregation = disaggregation_of(args, fleet, model_config)
+    autoscaling = autoscaling_of(args, slo, model_config)
+    if autoscaling is not None and (args.goodput or args.validate is not None):
+        raise ValueError("--autoscale replays one workload: it cannot go with --goodput or --validate")
     replica_config = replica_config_of(args)
     options = SimOptions(skip_decodes=not args.no_skip, record_token_times=not args.no_token_times,
                          prefix_view=args.prefix_view)
@@ -188,7 +198,8 @@ def run(args: argparse.Namespace) -> int:
                   f"policy {args.policy})")
     sim = simulate(arrivals, fleet, perf, policy, model_config.max_position_embeddings, replica_config, options,
                    timeline_interval_s=args.timeline_interval if args.timeline else None,
-                   offline_gate=routing_options.offline_gate, disaggregation=disaggregation)
+                   offline_gate=routing_options.offline_gate, disaggregation=disaggregation,
+                   autoscaling=autoscaling)
     config = {"simulated": True, "label": args.label, "fleet": args.fleet, "policy": args.policy,
               "perf": {name: model.name for name, model in perf.items()}, "perf_args": perf_specs,
               "model": model_name, "replica": {"block_size": args.block_size, "max_num_seqs": args.max_num_seqs,
@@ -204,7 +215,8 @@ def run(args: argparse.Namespace) -> int:
               "trace": args.trace, "trace_kind": args.trace_kind, "synthetic": args.synthetic,
               "validate": args.validate, "speedup": args.speedup, "rate": args.rate, "seed": args.seed,
               "skip_decodes": not args.no_skip, "token_times": not args.no_token_times,
-              **service_class_config(args), **_disaggregation_config(disaggregation)}
+              **service_class_config(args), **_disaggregation_config(disaggregation),
+              **autoscaling_config(autoscaling)}
     result = sim_result(sim, workload, config, slo)
     title = args.label or f"{workload.name} on {args.fleet} (simulated)"
     print_summary(result, title=title, console=console)
@@ -228,6 +240,11 @@ def run(args: argparse.Namespace) -> int:
     if args.timeline and sim.timeline is not None:
         for path in sim.timeline.write(args.timeline, title):
             console.print(f"wrote {path}")
+    if "autoscaling" in result["sim"]:
+        from fleetserve.sim.autoscaling_plot import write_autoscaling
+        for folder in (folder for folder in (args.plot, args.timeline) if folder):
+            for path in write_autoscaling(result["sim"]["autoscaling"], folder, title):
+                console.print(f"wrote {path}")
     return 0
 
 
@@ -275,6 +292,8 @@ def _print_sim_stats(console, stats: dict) -> None:
                       f"({disaggregation['transferred_bytes'] / 1e9:,.2f} GB) over {disaggregation['link']}, "
                       f"mean transfer {'-' if mean_s is None else f'{mean_s * 1000:.2f} ms'}; "
                       f"{disaggregation['import_recomputes']:,} imports recomputed for lack of blocks")
+    if "autoscaling" in stats:
+        print_autoscaling(console, stats["autoscaling"])
     speed = stats["requests_per_cpu_s"]
     console.print(f"simulated {stats['simulated_s']:.1f} s in {stats['wall_s']:.2f} s wall "
                   f"({'-' if speed is None else f'{speed:,.0f}'} requests per CPU second)")

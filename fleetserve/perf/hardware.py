@@ -22,11 +22,14 @@ class Hardware:
     memory_bytes: int
     price_per_hour_usd: float  # on demand, for one device
     source: str
+    # How fast weights reach the device from host memory when a replica starts (fleetserve.perf.cold_start):
+    # the host link's datasheet peak, one direction. The default is PCIe 4.0 x16 (16 GT/s x 16 lanes, 128b/130b).
+    load_bandwidth_bytes_s: float = 31.5e9
 
     def __post_init__(self) -> None:
         if self.kind not in ("gpu", "cpu"):
             raise ValueError(f"hardware kind must be 'gpu' or 'cpu', got {self.kind!r}")
-        for field_name in ("peak_bf16_flops", "memory_bandwidth_bytes_s", "memory_bytes"):
+        for field_name in ("peak_bf16_flops", "memory_bandwidth_bytes_s", "memory_bytes", "load_bandwidth_bytes_s"):
             if getattr(self, field_name) <= 0:
                 raise ValueError(f"{self.name}: {field_name} must be positive, "
                                  f"got {getattr(self, field_name)!r}")
@@ -38,17 +41,20 @@ class Hardware:
 # Memory sizes are binary: a datasheet "80 GB" H100 shows 81559 MiB in nvidia-smi. Bandwidth and FLOP/s are
 # decimal, as datasheets give them. Prices drift month to month; they are a starting point for the planner,
 # and a caller with a negotiated price should pass a Hardware of its own (dataclasses.replace).
+# Load bandwidth is the host link: PCIe 5.0 x16 (32 GT/s per lane, 128b/130b: 63 GB/s one way) on the H100,
+# H200 and MI300X (their datasheets' host interface), PCIe 4.0 x16 (31.5 GB/s, the default) on the others;
+# a CPU replica's weights land in its own memory, at its memory bandwidth.
 CATALOG: dict[str, Hardware] = {
     hw.name: hw
     for hw in (
         # NVIDIA H100 Tensor Core GPU datasheet (SXM5): BF16 989 TFLOP/s dense (1979 sparse), HBM3 3.35 TB/s,
         # 80 GB. Price: Lambda on-demand 8x H100 SXM, $2.99 per GPU-hour (lambda.ai/pricing, 2025).
         Hardware("h100", "gpu", 989 * TERA, 3.35 * TERA, 80 * GiB, 2.99,
-                 "NVIDIA H100 datasheet (SXM5); Lambda on-demand pricing"),
+                 "NVIDIA H100 datasheet (SXM5); Lambda on-demand pricing", load_bandwidth_bytes_s=63e9),
         # NVIDIA H200 Tensor Core GPU datasheet (SXM): BF16 989 TFLOP/s dense, HBM3e 4.8 TB/s, 141 GB.
         # Price: RunPod secure-cloud on-demand H200 SXM, $3.59 per hour (runpod.io/pricing, 2025).
         Hardware("h200", "gpu", 989 * TERA, 4.8 * TERA, 141 * GiB, 3.59,
-                 "NVIDIA H200 datasheet (SXM); RunPod on-demand pricing"),
+                 "NVIDIA H200 datasheet (SXM); RunPod on-demand pricing", load_bandwidth_bytes_s=63e9),
         # NVIDIA A100 Tensor Core GPU datasheet (80GB SXM4): BF16 312 TFLOP/s dense (624 sparse), HBM2e
         # 2,039 GB/s, 80 GB. Price: Lambda on-demand 8x A100 SXM 80GB, $1.79 per GPU-hour (lambda.ai/pricing).
         Hardware("a100", "gpu", 312 * TERA, 2.039 * TERA, 80 * GiB, 1.79,
@@ -69,14 +75,14 @@ CATALOG: dict[str, Hardware] = {
         # AMD Instinct MI300X datasheet: BF16 1307.4 TFLOP/s dense (2614.9 with sparsity), HBM3 5.3 TB/s, 192 GB.
         # Price: Vultr on-demand MI300X, $1.85 per GPU-hour (vultr.com/pricing, 2025); hyperscalers charge ~$6.
         Hardware("mi300x", "gpu", 1307.4 * TERA, 5.3 * TERA, 192 * GiB, 1.85,
-                 "AMD Instinct MI300X datasheet; Vultr on-demand pricing"),
+                 "AMD Instinct MI300X datasheet; Vultr on-demand pricing", load_bandwidth_bytes_s=63e9),
         # An estimate, not a datasheet: a 2-core AMD EPYC Zen 3 (Milan) VM with AVX2 and no bf16 matrix units.
         # 2 cores x 2 FMA pipes x 8 fp32 lanes x 2 FLOP x ~3 GHz ~ 0.19 TFLOP/s; a 2-core slice of a Milan socket
         # streams ~20 GB/s. Price: AWS EC2 r6a.large (2 vCPU EPYC Milan, 16 GiB) on-demand, us-east-1,
         # $0.1134 per hour. Prefer `fleetserve profile` on a real CPU: these figures are rough.
         Hardware("cpu", "cpu", 0.2 * TERA, 20e9, 16 * GiB, 0.1134,
                  "estimate for a 2-core AMD EPYC Zen 3 VM (AVX2, fp32 FMA); prefer `fleetserve profile`; "
-                 "AWS EC2 r6a.large on-demand pricing"),
+                 "AWS EC2 r6a.large on-demand pricing", load_bandwidth_bytes_s=20e9),
     )
 }
 

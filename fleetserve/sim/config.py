@@ -11,7 +11,9 @@ from fleetserve.engine.config import EngineConfig
 from fleetserve.engine.scheduler import SchedulerConfig
 from fleetserve.engine.scheduling_policy import SchedulingPolicy
 from fleetserve.engine.step_budget import check_max_step_ms
+from fleetserve.fleet.autoscaler import AutoscalerConfig
 from fleetserve.fleet.disaggregation import DisaggregationRule
+from fleetserve.perf.cold_start import ColdStart
 from fleetserve.perf.kv_link import KVLink
 from fleetserve.sim.acceptance import AcceptanceModel
 from fleetserve.speculative.config import SpeculativeConfig
@@ -75,3 +77,16 @@ class Disaggregation:
     and the link its KV transfers take (fleetserve.sim.kv_transfers)."""
     link: KVLink
     rule: DisaggregationRule = DisaggregationRule()
+
+
+@dataclass(frozen=True)
+class Autoscaling:
+    """How a simulated fleet autoscales (fleetserve.sim.autoscaling): the live fleet's autoscaler settings, and
+    the cold start of a replica of `model_bytes` of weights."""
+    config: AutoscalerConfig
+    model_bytes: int
+    cold_start: ColdStart = ColdStart()
+
+    def __post_init__(self) -> None:
+        if self.model_bytes < 0:
+            raise ValueError(f"model_bytes must not be negative, got {self.model_bytes}")

@@ -18,6 +18,12 @@ class WakeupQueue:
     def __len__(self) -> int:
         return sum(1 for due in self._due if due is not None)
 
+    def add_owner(self) -> int:
+        """One more owner, with nothing pending; returns its number."""
+        self._versions.append(0)
+        self._due.append(None)
+        return len(self._due) - 1
+
     def set(self, owner: int, time: float | None) -> None:
         """Wake `owner` at `time`, replacing its earlier wake-up; None cancels it."""
         self._versions[owner] += 1

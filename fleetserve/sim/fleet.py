@@ -14,6 +14,10 @@ router counts it), then its KV crosses the link (fleetserve.sim.kv_transfers), o
 replica does not hold; when it lands, the decode replica takes the request with its first token, which
 the client has then. The request keeps one record, the client's. A prefill replica that refuses the
 prefill (its queue full) leaves it to the decode replica. A fleet of mixed replicas only routes as before.
+
+With a `SimAutoscaler` (fleetserve.sim.autoscaling) the autoscaler's decisions and cold starts are events
+on the same clock, after the replica steps that end at the same moment; replicas it orders join the fleet
+(`add_replica`), and the replay ends when the last request does, not at the autoscaler's next decision.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from fleetserve.bench.metrics import RequestRecord
 from fleetserve.engine.request import Request
@@ -55,6 +60,16 @@ def workload_arrivals(workload: Workload) -> list[Arrival]:
     return [Arrival(spec, spec.arrival_s, spec.arrival_s) for spec in workload]
 
 
+class FleetScaler(Protocol):
+    """What the fleet asks of an autoscaler on its clock (fleetserve.sim.autoscaling.SimAutoscaler)."""
+    next_s: float  # when it next has something to do
+
+    def attach(self, fleet: SimFleet) -> None: ...
+    def run(self, now: float) -> None: ...
+    def went_idle(self, index: int, now: float) -> None: ...
+    def routed(self, prompt_tokens: int, output_tokens: int) -> None: ...
+
+
 @dataclass
 class HeldRequest:
     """An offline request the router holds until a replica has room (fleetserve.fleet.offline_gate)."""
@@ -66,8 +81,10 @@ class HeldRequest:
 
 class SimFleet:
     def __init__(self, replicas: list[SimReplica], policy: Policy, timeline: ReplicaTimeline | None = None,
-                 offline_gate: OfflineGate | None = None, disaggregation: Disaggregation | None = None) -> None:
-        """`disaggregation`: the rule and KV link of a fleet with prefill replicas (required there)."""
+                 offline_gate: OfflineGate | None = None, disaggregation: Disaggregation | None = None,
+                 scaler: FleetScaler | None = None) -> None:
+        """`disaggregation`: the rule and KV link of a fleet with prefill replicas (required there); `scaler`:
+        an autoscaler for a fleet of mixed replicas of one hardware."""
         if not replicas:
             raise ValueError("a simulated fleet needs at least one replica")
         roles = {replica.role for replica in replicas}
@@ -101,6 +118,22 @@ class SimFleet:
         self.with_roles = roles != {"mixed"}
         self.disaggregation = disaggregation
         self.transfers = KVTransfers(disaggregation.link, len(replicas)) if disaggregation is not None else None
+        self.scaler = scaler
+        if scaler is not None:
+            if self.with_roles or len({replica.hardware_name for replica in replicas}) > 1:
+                raise ValueError("autoscaling needs a fleet of mixed replicas of one hardware, e.g. --fleet a100:2")
+            scaler.attach(self)
+
+    def add_replica(self, replica: SimReplica) -> int:
+        """A replica joins the fleet (the autoscaler started it); returns its index."""
+        index = len(self.replicas)
+        if replica.replica_id in self.index_of:
+            raise ValueError(f"replica id {replica.replica_id!r} is already in the fleet")
+        self.replicas.append(replica)
+        self.index_of[replica.replica_id] = index
+        self.view.add_replica(replica)
+        self.queue.add_owner()
+        return index
 
     def run(self, arrivals: Iterable[Arrival] | Workload) -> list[RequestRecord]:
         """Replay the arrivals (in order of sent time) to the end; returns one record per request."""
@@ -139,9 +172,17 @@ class SimFleet:
 
     def _advance(self, until: float, inclusive: bool) -> None:
         """Run every replica wake-up before `until` (and at it, when inclusive)."""
-        queue, replicas, view, transfers = self.queue, self.replicas, self.view, self.transfers
+        queue, replicas, view, transfers, scaler = self.queue, self.replicas, self.view, self.transfers, self.scaler
         while True:
             due = queue.peek_time()
+            if scaler is not None and scaler.next_s < due:
+                if due == math.inf and until == math.inf:  # the replay is over: no more decisions
+                    return
+                if scaler.next_s > until or (scaler.next_s == until and not inclusive):
+                    return
+                self.clock = scaler.next_s
+                scaler.run(self.clock)
+                continue
             if transfers and transfers.next_landing() <= due:  # a KV landing as a step ends joins the next step
                 due = transfers.next_landing()
                 if due > until or (due == until and not inclusive):
@@ -156,6 +197,8 @@ class SimFleet:
             replica = replicas[index]
             extends_only = replica.extending_segment
             queue.set(index, replica.wake(now))
+            if scaler is not None and replica.busy_until is None:
+                scaler.went_idle(index, now)
             if not extends_only:
                 view.touched(index)
                 if replica.handoffs:
@@ -241,6 +284,8 @@ class SimFleet:
         replica = self.replicas[index]
         ticket = replica.router.begin(max(route.prompt_tokens - cached, 0), route.max_tokens, now,
                                       offline=route.offline)
+        if self.scaler is not None:
+            self.scaler.routed(max(route.prompt_tokens - cached, 0), route.max_tokens)
         wake = replica.submit(TrackedRequest(request, record, ticket), now)
         if wake is not None:
             self.queue.set(index, wake)

@@ -42,6 +42,15 @@ class RouterView:
             self.index = PrefixIndex(ttl_s=math.inf,
                                      max_blocks_per_replica=max(replica.kv.num_blocks for replica in replicas))
 
+    def add_replica(self, replica: SimReplica) -> None:
+        """A replica joined the fleet (appended to the list this view was given)."""
+        if self.replicas[-1] is not replica:
+            self.replicas.append(replica)
+        if self.following_feeds:
+            replica.kv.record_events = True
+        self.states.append(replica.router.state())
+        self.dirty.add(len(self.states) - 1)
+
     def touched(self, index: int) -> None:
         self.dirty.add(index)
 

@@ -6,11 +6,13 @@ replica and sample: requests routed there so far, requests in flight (router's c
 tokens (prompt tokens waiting for prefill plus output tokens to decode, as policies see it), requests
 waiting and running in the engine's scheduler, KV-cache usage and cached prefix blocks. This is the view
 to read when a policy misbehaves: which replicas take the load, whether their queues grow, and whether
-their caches keep what the policy routed there for.
+their caches keep what the policy routed there for. A replica an autoscaler adds later has no values
+(null) for the samples before it existed.
 """
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +29,28 @@ class ReplicaTimeline:
         self.interval_s = interval_s
         self.next_sample_s = 0.0
         self.times: list[float] = []
-        self.series: dict[str, dict[str, list[float]]] = {
+        self.series: dict[str, dict[str, list[float | None]]] = {
             replica.replica_id: {name: [] for name in FIELDS} for replica in replicas}
         self.routed = [0] * len(replicas)
 
     def routed_to(self, index: int) -> None:
+        if index >= len(self.routed):
+            self._add_new_replicas()
         self.routed[index] += 1
+
+    def _add_new_replicas(self) -> None:
+        """Replicas appended to the fleet's list since the last look (an autoscaler started them)."""
+        for replica in self.replicas[len(self.routed):]:
+            self.series[replica.replica_id] = {name: [None] * len(self.times) for name in FIELDS}
+            self.routed.append(0)
 
     def reached(self, now: float, last: bool = False) -> None:
         """The fleet is at `now` (an arrival, or with `last` the end of the replay): sample if a grid point
         has passed, and always at the end."""
         if now < self.next_sample_s and not (last and (not self.times or self.times[-1] < now)):
             return
+        if len(self.routed) < len(self.replicas):
+            self._add_new_replicas()
         self.times.append(now)
         for index, replica in enumerate(self.replicas):
             router, scheduler, kv = replica.router, replica.scheduler, replica.kv
@@ -77,7 +89,8 @@ class ReplicaTimeline:
             axes = figure.add_subplot(len(FIELDS), 1, row + 1, sharex=first)
             first = first or axes
             for replica_id, columns in self.series.items():
-                axes.plot(self.times, columns[name], label=replica_id, linewidth=1)
+                values = [math.nan if value is None else value for value in columns[name]]
+                axes.plot(self.times, values, label=replica_id, linewidth=1)
             axes.set_ylabel(labels[name], fontsize="small")
             axes.grid(alpha=0.3)
         if first is not None and len(self.series) <= 16:
