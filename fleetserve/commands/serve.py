@@ -12,7 +12,7 @@ import sys
 from fleetserve.commands.batch_arguments import batch_options
 from fleetserve.commands.engine_arguments import add_engine_arguments, engine_options
 from fleetserve.commands.serve_arguments import add_serve_arguments, server_options
-from fleetserve.commands.serve_fleet import add_fleet_arguments
+from fleetserve.commands.serve_fleet import add_fleet_arguments, wants_fleet
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.replicas > 1:
+    if wants_fleet(args):
         from fleetserve.commands import serve_fleet
         return serve_fleet.run(args)
     from fleetserve.api.server import run_server

@@ -66,6 +66,11 @@ class Replica:
     kv_feed: str = "connecting"  # "connecting", "streaming", or "none" when the replica offers no feed
     pool: str | None = None  # hardware pool, as a routing plan names it
     role: str = "mixed"  # "mixed", "prefill" or "decode" (fleetserve.fleet.disaggregation)
+    draining: bool = False  # takes no new requests; finishes those it has, then leaves the fleet
+
+    @property
+    def takes_requests(self) -> bool:
+        return self.healthy and not self.draining
 
     # --- request lifecycle -------------------------------------------------------------------------
 
@@ -144,7 +149,8 @@ class Replica:
 
     def describe(self) -> dict:
         return {"id": self.replica_id, "url": self.url, "pool": self.pool, "role": self.role, "healthy": self.healthy,
-                "weight": self.weight, "models": list(self.models), "in_flight": self.in_flight,
+                "draining": self.draining, "weight": self.weight, "models": list(self.models),
+                "in_flight": self.in_flight,
                 "offline_in_flight": self.offline_in_flight,
                 "waiting_prefill_tokens": self.waiting_prefill_tokens, "decoding_tokens": self.decoding_tokens,
                 "prefill_tokens_per_s": round(self.prefill_tokens_per_s, 1), "block_size": self.block_size,
@@ -202,3 +208,7 @@ class ReplicaRegistry:
 
     def healthy(self) -> list[Replica]:
         return [r for r in self._replicas.values() if r.healthy]
+
+    def serving(self) -> list[Replica]:
+        """The replicas that take new requests: healthy and not draining."""
+        return [r for r in self._replicas.values() if r.takes_requests]

@@ -5,17 +5,19 @@
 
 Endpoints: POST /v1/chat/completions and /v1/completions (routed, streamed straight through), GET
 /v1/models (the models of the healthy replicas), GET /health (200 while a replica is healthy), GET
-/metrics, GET/POST/DELETE /admin/replicas to list, add and remove replicas at run time, and (with
-RouterConfig.batches) the Batch API: /v1/files and /v1/batches.
+/metrics, GET/POST/DELETE /admin/replicas to list, add and remove replicas at run time, POST
+/admin/replicas/{id}/drain to take one out of the fleet gently, GET /admin/scaling (a fleet whose replicas
+the launcher manages: the autoscaler's settings and the scaling timeline), and (with RouterConfig.batches)
+the Batch API: /v1/files and /v1/batches.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import asynccontextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from pathlib import Path
 from types import FrameType
-from typing import AsyncIterator
+from typing import AsyncIterator, Protocol
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -49,6 +51,14 @@ class AddReplica(BaseModel):
     role: str = Field("mixed", description="mixed, prefill (computes prompts for decode replicas) or decode")
 
 
+class FleetKeeper(Protocol):
+    """What keeps the replicas of a launched fleet (fleetserve.fleet.scaling_loop), run with the router."""
+
+    def running(self) -> AbstractAsyncContextManager[None]: ...
+
+    def describe(self) -> dict: ...
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -59,16 +69,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def create_router_app(router: RouterState) -> FastAPI:
+def create_router_app(router: RouterState, keeper: FleetKeeper | None = None) -> FastAPI:
     """The router's app; with `RouterConfig.batches`, also the Batch API, whose lines go through this very
-    app (so through the routing and the offline gate) as offline requests."""
+    app (so through the routing and the offline gate) as offline requests. A `keeper` runs alongside."""
     batch_api = BatchAPI(router.config.batches) if router.config.batches is not None else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await router.start()
         try:
-            async with batch_api.running(app) if batch_api is not None else nullcontext():
+            async with batch_api.running(app) if batch_api is not None else nullcontext(), \
+                    keeper.running() if keeper is not None else nullcontext():
                 yield
         finally:
             await router.stop()
@@ -148,6 +159,21 @@ def create_router_app(router: RouterState) -> FastAPI:
             raise bad_request(str(exc)) from None
         return JSONResponse(replica.describe(), 201)
 
+    @app.post("/admin/replicas/{replica_id}/drain")
+    async def drain_replica(replica_id: str) -> JSONResponse:
+        try:
+            replica = router.drain(replica_id)
+        except UnknownReplica as exc:
+            raise APIError(404, str(exc.args[0]), "replica_id", "replica_not_found") from None
+        return JSONResponse({"draining": replica.describe()})
+
+    @app.get("/admin/scaling")
+    async def scaling() -> JSONResponse:
+        if keeper is None:
+            raise APIError(404, "this router does not manage its replicas; the scaling timeline is kept by "
+                                "`fleetserve serve --replicas N` (with --autoscale to scale)", None, "not_found")
+        return JSONResponse(keeper.describe())
+
     @app.delete("/admin/replicas/{replica_id}")
     async def remove_replica(replica_id: str) -> JSONResponse:
         try:
@@ -221,8 +247,9 @@ class RouterServer(uvicorn.Server):
         self._captured_signals.clear()
 
 
-def build_server(config: RouterConfig, tokenizer: PromptTokenizer | None) -> uvicorn.Server:
-    app = create_router_app(RouterState(config, tokenizer))
+def build_server(config: RouterConfig, tokenizer: PromptTokenizer | None, router: RouterState | None = None,
+                 keeper: FleetKeeper | None = None) -> uvicorn.Server:
+    app = create_router_app(router or RouterState(config, tokenizer), keeper)
     return RouterServer(uvicorn.Config(app, host=config.host, port=config.port, log_level=config.log_level,
                                          access_log=config.access_log, timeout_graceful_shutdown=10,
                                          lifespan="on"))

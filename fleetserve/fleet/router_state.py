@@ -12,7 +12,8 @@ import asyncio
 import itertools
 import logging
 import time
-from typing import Mapping, NamedTuple
+from dataclasses import dataclass
+from typing import Callable, Mapping, NamedTuple
 
 import httpx
 
@@ -52,6 +53,14 @@ class Routing(NamedTuple):
     prefill_cached_tokens: int = 0
 
 
+@dataclass
+class RoutedTotals:
+    """What the router has sent to the fleet since it started (first attempts only), for the autoscaler."""
+    requests: int = 0
+    uncached_prompt_tokens: int = 0
+    max_output_tokens: int = 0
+
+
 class RouterState:
     """Everything the endpoints share: replicas, prefix index, policies, metrics and the HTTP client."""
 
@@ -71,6 +80,8 @@ class RouterState:
         self._feeds: KVFeedFollower | None = None
         self._expiry: asyncio.Task | None = None
         self._ejections: dict[str, asyncio.Event] = {}
+        self.health_listeners: list[Callable[[Replica, str], None]] = []  # told of every ejection and admission
+        self.routed = RoutedTotals()
 
     # --- life cycle -----------------------------------------------------------------------------------
 
@@ -149,6 +160,15 @@ class RouterState:
         logger.info("fleetserve router: removed replica %s (%s)", replica_id, replica.url)
         return replica
 
+    def drain(self, replica_id: str) -> Replica:
+        """Send the replica no new requests; those on it run to their end (UnknownReplica if none)."""
+        replica = self.registry.get(replica_id)
+        if not replica.draining:
+            replica.draining = True
+            logger.info("fleetserve router: draining replica %s (%s), %d request(s) in flight", replica_id,
+                        replica.url, replica.in_flight + replica.offline_in_flight)
+        return replica
+
     def ejection_of(self, replica: Replica) -> asyncio.Event:
         """Set when the replica is next ejected: requests still waiting on it then move elsewhere."""
         event = self._ejections.get(replica.replica_id)
@@ -167,6 +187,8 @@ class RouterState:
         else:
             self.metrics.readmissions.labels(replica.replica_id).inc()
             logger.info("fleetserve router: replica %s (%s) is healthy", replica.replica_id, replica.url)
+        for listener in self.health_listeners:
+            listener(replica, change)
 
     # --- routing --------------------------------------------------------------------------------------
 
@@ -200,7 +222,7 @@ class RouterState:
     def describe_unhealthy(self) -> str:
         if not len(self.registry):
             return "no replicas are registered (add one with POST /admin/replicas)"
-        return "; ".join(f"{r.replica_id} ({r.url}): {r.last_error or 'not checked yet'}" for r in self.registry)
+        return "; ".join(f"{r.replica_id} ({r.url}): {_why_not_serving(r)}" for r in self.registry)
 
     def describe_no_decoder(self, model: str | None) -> str | None:
         """Why no replica can decode although some are healthy: all of those are prefill replicas."""
@@ -217,7 +239,8 @@ class RouterState:
         and the prefill replica the disaggregation rule sends its prompt to, if any; raises NoHealthyReplica
         when no healthy replica (serving the model) is left to decode it."""
         now = time.monotonic()
-        candidates = [r for r in self.registry if r.replica_id not in excluded and self.serves(r, call.model)]
+        candidates = [r for r in self.registry
+                      if r.replica_id not in excluded and not r.draining and self.serves(r, call.model)]
         cached: dict[str, int] = {}
         for replica in candidates:
             blocks = self.index.cached_blocks(replica.replica_id, call.block_hashes(replica.block_size), now)
@@ -240,6 +263,10 @@ class RouterState:
         self.metrics.prompt_tokens.labels(replica.replica_id).inc(call.prompt_tokens)
         self.metrics.prefix_hit_tokens.labels(replica.replica_id).inc(cached[replica.replica_id])
         self.record_routed(replica, call, now)
+        if not excluded:
+            self.routed.requests += 1
+            self.routed.uncached_prompt_tokens += call.prompt_tokens - cached[replica.replica_id]
+            self.routed.max_output_tokens += call.max_output_tokens
         return Routing(replica, cached[replica.replica_id], prefill,
                        cached[prefill.replica_id] if prefill is not None else 0)
 
@@ -252,7 +279,7 @@ class RouterState:
         """Wait until some replica serving the call's model has room for offline work (see OfflineGate)."""
         def has_room() -> bool:
             return any(self.offline_gate.has_room(replica.state()) for replica in self.registry
-                       if self.serves(replica, call.model) and replica.role != "prefill")
+                       if self.serves(replica, call.model) and replica.role != "prefill" and not replica.draining)
 
         waited = await self.offline_hold.wait_turn(has_room)
         if waited > 0:
@@ -291,6 +318,12 @@ class RouterState:
         self.metrics.stream_failures.labels(replica.replica_id).inc()
         assert self._monitor is not None
         self._monitor.request_failed(replica, f"a stream broke: {describe_error(exc)}", conclusive=False)
+
+
+def _why_not_serving(replica: Replica) -> str:
+    if replica.draining:
+        return "draining (takes no new requests)"
+    return replica.last_error or "not checked yet"
 
 
 def ttft_slo_of(headers: Mapping[str, str]) -> float | None:

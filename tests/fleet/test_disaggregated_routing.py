@@ -15,7 +15,7 @@ import pytest
 
 from fleetserve.cli import build_parser
 from fleetserve.commands.route import main as route_main
-from fleetserve.commands.serve_fleet import fleet_plan, fleet_router_config, replica_argv
+from fleetserve.commands.serve_fleet import fleet_plan, fleet_router_config, initial_specs, replica_argv
 from fleetserve.fleet.disaggregation import DisaggregationRule
 
 from fleet_helpers import free_port, metric_sum, two_replicas, wait_until
@@ -148,15 +148,16 @@ def test_serve_replicas_passes_roles_and_the_rule_to_its_router_only():
     args = serve_args("--replicas", "2", "--port", "9000", "--roles", "prefill,decode", "--disaggregation", "always",
                       "--min-remote-prefill-tokens", "64", "--max-prefill-queue", "3", "--prefill-timeout", "5")
     plan = fleet_plan(args)
-    config = fleet_router_config(args, plan, "none")
-    assert config.backend_roles() == [("http://127.0.0.1:9001", "prefill"), ("http://127.0.0.1:9002", "decode")]
+    config = fleet_router_config(args, "none")
+    assert [replica.port for replica in plan] == [9001, 9002] and config.backends == []  # registered as they start
+    assert [spec.role for spec in initial_specs(args, plan)] == ["prefill", "decode"]
     assert config.disaggregation == DisaggregationRule("always", 64, 3) and config.prefill_timeout_s == 5
     argv = replica_argv(args, 9001, 1, 1000)
     assert not {"--roles", "--disaggregation", "--min-remote-prefill-tokens", "--prefill-timeout"} & set(argv)
     with pytest.raises(ValueError, match=r"--roles names 2 role\(s\) \(prefill,decode\) but --replicas 3 gives 3"):
         fleet_plan(serve_args("--replicas", "3", "--roles", "prefill,decode"))
-    plain = fleet_router_config(serve_args("--replicas", "2"), plan, "none")
-    assert [role for _, role in plain.backend_roles()] == ["mixed", "mixed"]
+    plain = fleet_router_config(serve_args("--replicas", "2"), "none")
+    assert [spec.role for spec in initial_specs(serve_args("--replicas", "2"), plan)] == ["mixed", "mixed"]
     assert plain.disaggregation == DisaggregationRule()
 
 
@@ -176,7 +177,9 @@ def test_always_prefills_on_the_prefill_replica_and_decodes_with_its_params(star
                                "kv_transfer_params": {"do_remote_decode": True, "do_remote_prefill": False,
                                                       "remote_engine_id": None, "remote_block_ids": None,
                                                       "remote_host": None, "remote_port": None}}
-    assert json.loads(decode.bodies[-1]) == {**body, "kv_transfer_params": PARAMS_FROM_PREFILL}
+    # A stream also asks for its token ids, so that it can go on elsewhere (fleetserve.fleet.stream_migration).
+    assert json.loads(decode.bodies[-1]) == {**body, "kv_transfer_params": PARAMS_FROM_PREFILL,
+                                             "return_token_ids": True}
 
     chat = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 7}
     assert httpx.post(f"{router.url}/v1/chat/completions", json=chat, timeout=10).json()["choices"][0]["text"] \
