@@ -95,6 +95,36 @@ def test_replicas_on_ray_nodes_answer_through_the_router_and_survive_a_node_loss
         assert fleet.stop(60) == 0, fleet.log_text()
 
 
+def test_the_autoscaler_adds_and_drains_ray_replicas_of_the_fleets_pool(cluster, tmp_path):
+    import httpx
+    fleet, url = launch(tmp_path, cluster.address, "--fleet", "a100:1", "--autoscale", "target", "--max-replicas",
+                        "2", "--target-ongoing-requests", "1", "--autoscale-interval", "0.3", "--upscale-delay", "0",
+                        "--downscale-delay", "1")
+    try:
+        wait_until(lambda: len(healthy_replicas(url)) == 1, 180, "the first Ray replica serving", 0.3)
+        counts: set[int] = set()
+
+        def ask(i: int) -> int:
+            return httpx.post(f"{url}/v1/completions", timeout=120,
+                              json={"prompt": f"Story {i}:", "max_tokens": 160, "ignore_eos": True}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = [pool.submit(ask, i) for i in range(4)]
+            while not all(answer.done() for answer in answers):
+                counts.add(len(healthy_replicas(url)))
+            assert [answer.result() for answer in answers] == [200] * 4
+        assert 2 in counts  # a second actor, of the a100 pool, was placed and served
+        def events() -> list[str]:
+            return [event["event"] for event in httpx.get(f"{url}/admin/scaling", timeout=5).json()["events"]]
+
+        # Drained back to one replica: the other's actor stopped once its requests had ended.
+        kinds = wait_until(lambda: "stopped" in (kinds := events()) and kinds, 60, "a drained replica stopped", 0.3)
+        assert "scale_up" in kinds and "draining" in kinds, kinds
+        assert len(healthy_replicas(url)) == 1
+    finally:
+        assert fleet.stop(60) == 0, fleet.log_text()
+
+
 def test_a_pool_no_node_offers_is_refused_at_start(cluster, tmp_path):
     fleet, _ = launch(tmp_path, cluster.address, "--fleet", "a100:1,l4:1")
     code = fleet.process.wait(120)
