@@ -23,7 +23,7 @@ Fleets per workload: `slo` (the policy's default headroom); `target` at each of 
 replica (the peer is the target run with the highest attainment at or below the slo run's: the slo policy
 at equal or better attainment); and static fleets of one size for the whole run, bisected between 1 and
 the slo run's peak, the smallest whose attainment is at least the slo policy's reported as "static, sized
-for the peak". A full run takes about 3.6 minutes of CPU. Writes results.json
+for the peak". A full run takes about 5 minutes of CPU. Writes results.json
 and table.md into --out.
 """
 from __future__ import annotations

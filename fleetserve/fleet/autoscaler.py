@@ -10,7 +10,10 @@ Policies:
 - `slo`: predicts TTFT and TPOT per replica count from the performance model and the queue, and picks the
   fewest replicas that hold the SLO (fleetserve.fleet.autoscale_slo). It needs the traffic: the caller
   passes cumulative counts of what it routed (`FleetLoad.arrived`), and the autoscaler turns them into a
-  rate and mean lengths over the last `rate_window_s` (`TrafficWindow`).
+  rate and mean lengths over the last `rate_window_s` (`TrafficWindow`). It scales out on the latest
+  count but in only on the highest count it wanted over the last `SCALE_IN_HOLD_WINDOWS` rate windows: a
+  rate estimated over a short window swings, and a replica drained on a dip and started again on the next
+  rise costs its cold start and its drain for nothing.
 
 A change of the desired count must persist for `upscale_delay_s` (`downscale_delay_s` to shrink) before
 it is acted on (a dip back resets the wait), and no action follows another within `cooldown_s`. Scaling
@@ -28,6 +31,7 @@ from fleetserve.fleet.snapshot import FleetSnapshot, ReplicaState
 
 POLICIES = ("target", "slo")
 RECENT_SHARE = 3  # the traffic's rate is the higher of the window's and its last 1/RECENT_SHARE's
+SCALE_IN_HOLD_WINDOWS = 2  # `slo`: the count to shrink to is the highest wanted over this many rate windows
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class AutoscalerConfig:
     cooldown_s: float = 0.0  # at least this long between two scaling actions
     ttft_slo_ms: float | None = None  # `slo`: the targets the policy holds
     tpot_slo_ms: float | None = None
-    slo_headroom: float = 0.2  # `slo`: predicted mean TTFT must stay under this share of its target (the tail is above)
+    slo_headroom: float = 0.7  # `slo`: predicted mean TTFT must stay under this share of its target (the tail is above)
     rate_window_s: float = 30.0  # `slo`: the traffic is measured over this much of the recent past
 
     def __post_init__(self) -> None:
@@ -148,6 +152,7 @@ class Autoscaler:
         self.traffic = TrafficWindow(config.rate_window_s)
         self._wanted_since: tuple[int, float] | None = None  # (direction, since when) of a pending change
         self._last_action_s = -math.inf
+        self._recent_wanted: deque[tuple[float, int]] = deque()  # `slo`: (when, count wanted), for scaling in
 
     @property
     def pending(self) -> tuple[int, float] | None:
@@ -163,7 +168,20 @@ class Autoscaler:
             wanted, reason = slo_desired(SLOTarget(config.ttft_slo_ms, config.tpot_slo_ms, config.slo_headroom),
                                          (config.min_replicas, config.max_replicas), load.serving, self.slo_model,
                                          traffic, config.rate_window_s)
+            wanted, reason = self._held(load.now, wanted, reason)
         return min(max(wanted, self.config.min_replicas), self.config.max_replicas), reason
+
+    def _held(self, now: float, wanted: int, reason: str) -> tuple[int, str]:
+        """The highest count wanted over the hold: scaling out follows the latest, scaling in the hold's peak."""
+        recent = self._recent_wanted
+        recent.append((now, wanted))
+        while recent[0][0] <= now - SCALE_IN_HOLD_WINDOWS * self.config.rate_window_s:
+            recent.popleft()
+        held = max(count for _, count in recent)
+        if held > wanted:
+            return held, f"{reason}; holding {held} (wanted within the last " \
+                         f"{SCALE_IN_HOLD_WINDOWS * self.config.rate_window_s:g}s)"
+        return wanted, reason
 
     def decide(self, load: FleetLoad) -> ScaleDecision:
         config = self.config

@@ -114,6 +114,27 @@ def test_the_traffic_window_turns_counts_into_a_rate_and_mean_lengths():
     assert window.observe(80.0, ArrivalCounts(70, 60_000, 14_000)).rate == 0  # nothing in the last 30 s
 
 
+def test_the_slo_policy_scales_out_at_once_but_in_only_on_the_peak_of_its_hold():
+    perf = LinearPerf()
+    slo = config(policy="slo", ttft_slo_ms=400.0, tpot_slo_ms=100.0, upscale_delay_s=0.0, downscale_delay_s=0.0,
+                 max_replicas=8, rate_window_s=10.0)
+    scaler = Autoscaler(slo, SLOPredictor(perf, 512, 64))  # type: ignore[arg-type]
+    one = snapshot(0)
+    assert scaler.decide(FleetLoad(0.0, one, arrived=ArrivalCounts(0, 0, 0))).desired == 1
+    high = scaler.decide(FleetLoad(10.0, one, arrived=ArrivalCounts(400, 80_000, 8_000)))  # 40 req/s
+    assert high.desired >= 2 and high.start == high.desired - 1  # out at once
+    fleet = snapshot(*[0] * high.desired)
+    # No more arrivals: the count wanted at 10 s holds for two rate windows (to 30 s), though the rate falls
+    # out of its window by 20 s; then the fleet shrinks, the last rate-window reading (15 s) leaving at 35 s.
+    for now in (15.0, 20.0, 25.0):
+        decision = scaler.decide(FleetLoad(now, fleet, arrived=ArrivalCounts(400, 80_000, 8_000)))
+        assert decision.desired == high.desired and not decision.drain
+    assert "holding" in decision.reason
+    assert scaler.decide(FleetLoad(30.0, fleet, arrived=ArrivalCounts(400, 80_000, 8_000))).desired < high.desired
+    decision = scaler.decide(FleetLoad(35.0, fleet, arrived=ArrivalCounts(400, 80_000, 8_000)))
+    assert decision.desired == 1 and len(decision.drain) == high.desired - 1
+
+
 def test_the_predictor_needs_more_replicas_as_the_rate_grows(llama3_8b):
     predictor = SLOPredictor(RooflineModel(llama3_8b, get_hardware("a100")), 512, 64)
     light, heavy = predictor.predict(1.0, 1000, 200), predictor.predict(8.0, 1000, 200)
@@ -220,16 +241,20 @@ def test_slo_policy_follows_a_step_of_traffic_with_the_replicas_its_prediction_n
     # 40 req/s x 200 prompt tokens = 8,000 tokens/s; a replica prefills at most 1/(1e-4) = 10,000 tokens/s, and
     # far less beside its decodes and step overheads, so the high step needs at least two replicas, and the
     # prediction at the high rate says how many exactly.
-    needed = next(n for n in range(1, 9) if predictor.predict(40.0 / n, 200, 20).ttft_s * 1000 <= 200.0
-                  and predictor.predict(40.0 / n, 200, 20).tpot_s * 1000 <= 50.0)
+    ttft_bound_ms = slo.slo_headroom * 400.0
+    needed = next(n for n in range(1, 9) if predictor.predict(40.0 / n, 200, 20).ttft_s * 1000 <= ttft_bound_ms
+                  and predictor.predict(40.0 / n, 200, 20).tpot_s * 1000 <= 100.0)
     assert needed >= 2
     decisions = dict(zip(scaler.decisions["times_s"], scaler.decisions["desired"]))
     assert all(decisions[t] == 1 for t in (5.0, 30.0, 60.0))
     # The first decision of the high step also sees the queue that built on one replica, and asks for more
-    # than the steady state needs; once the started replicas have worked it off, the steady state is held.
+    # than the steady state needs; once the started replicas have worked it off and those counts have left
+    # the scale-in hold (two rate windows, 20 s), the steady state is held.
     assert decisions[65.0] >= needed
-    assert all(decisions[t] == needed for t in (95.0, 100.0, 105.0, 110.0, 115.0, 120.0))
-    assert all(desired == 1 for t, desired in decisions.items() if t >= 140.0)
+    assert all(decisions[t] == needed for t in (100.0, 105.0, 110.0, 115.0, 120.0))
+    # After the step the count comes down only once the high one has left the hold.
+    assert decisions[125.0] == needed
+    assert all(desired == 1 for t, desired in decisions.items() if t >= 145.0)
     assert scaler.changes["serving"][-1] == 1 and scaler.peak_alive >= needed
     assert all(r.success for r in records)
 
