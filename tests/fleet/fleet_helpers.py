@@ -130,6 +130,36 @@ class Router(Process):
         return parse_metrics(httpx.get(f"{self.url}/metrics", timeout=5).text)
 
 
+class FakeOpenAIHandler(BaseHTTPRequestHandler):
+    """What every fake backend answers alike: JSON replies, GET /v1/models with one model, GET /health."""
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _send(self, status: int, payload: dict) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/v1/models"):
+            self._send(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
+        else:
+            self._send(200, {"status": "ok"})
+
+
+def serve_in_thread(handler: type[BaseHTTPRequestHandler]) -> tuple[ThreadingHTTPServer, str]:
+    """A server for `handler` on a free loopback port, serving from a daemon thread; (server, its URL)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 class FakeBackend:
     """An OpenAI-shaped server without a model. `mode`: "ok" streams 5 events; "break" sends 2 events and
     drops the connection; "busy" answers every generation request with 503 (but passes health checks);
@@ -144,20 +174,7 @@ class FakeBackend:
         self.released = threading.Event()
         backend = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(FakeOpenAIHandler):
             def do_GET(self) -> None:
                 if backend.mode == "not_openai":
                     self._send(404, {"detail": "Not Found"})
@@ -199,11 +216,7 @@ class FakeBackend:
                 done = b"data: [DONE]\n\n"
                 self.wfile.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.server, self.url = serve_in_thread(Handler)
 
     def close(self) -> None:
         self.released.set()

@@ -3,13 +3,11 @@ has its stream continued by one that confirms the resumption, and not by one tha
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
-from fleet_helpers import metric_sum, wait_until
+from fleet_helpers import FakeOpenAIHandler, metric_sum, serve_in_thread, wait_until
 
 BODY = {"model": "fake-model", "prompt": "hello", "max_tokens": 4, "stream": True}
 
@@ -27,32 +25,13 @@ class Fake:
         self.bodies: list[dict] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def _json(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path.startswith("/v1/models"):
-                    self._json(200, {"object": "list", "data": [{"id": "fake-model", "object": "model"}]})
-                else:
-                    self._json(200, {"status": "ok"})
-
+        class Handler(FakeOpenAIHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
                 fake.bodies.append(body)
                 resumed = body.get("resume_token_ids")
                 if mode != "gives_up" and resumed is None:
-                    self._json(503, {"error": {"message": "busy", "code": 503}})
+                    self._send(503, {"error": {"message": "busy", "code": 503}})
                     return
                 events = ([chunk("a", [1]), {"error": {"message": "the engine loop stopped", "code": "engine_dead"}}]
                           if mode == "gives_up" else [chunk("b", [2], stream_id="cmpl-2"),
@@ -66,10 +45,7 @@ class Fake:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_in_thread(Handler)
 
     def close(self) -> None:
         self.server.shutdown()
